@@ -1,0 +1,256 @@
+"""Bundle format: encode and decode one immutable batch of operations (docs/bundle-format.md).
+
+    header (96 bytes) | ciphertext | signature (64 bytes)
+
+The payload (a sequence of records) is zstd-compressed, then sealed with the
+store key (ChaCha20-Poly1305, the header as associated data), then the header
+and ciphertext are signed with the author's Ed25519 key. A reader checks, in
+this order: magic and version, store, author, sequence, declared sizes
+against the hard caps, the file's size, the signature, the decryption, and a
+bounded decompression that must produce exactly the declared size.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import zstandard
+
+from . import crypto
+from .errors import BadBundle, CryptoError, IncompleteBundle
+
+MAGIC = b"PSYB"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sHH16s16sIQQQ12s16s")
+HEADER_SIZE = HEADER.size  # 96
+SIGNATURE_SIZE = crypto.SIGNATURE_BYTES
+# No bundle, whatever it declares, may make a reader hold more than this.
+MAX_PAYLOAD = 72 * 1024 * 1024
+MAX_CIPHERTEXT = MAX_PAYLOAD + MAX_PAYLOAD // 64 + 4096
+MAX_META = 64 * 1024
+RECORD_META = struct.Struct("<I")
+RECORD_DATA = struct.Struct("<Q")
+ZSTD_LEVEL = 3
+
+
+def id_to_bytes(ident: str) -> bytes:
+    """Store and peer ids are 16 bytes written in unpadded RFC 4648 base32."""
+    raw = base64.b32decode(ident + "=" * (-len(ident) % 8))
+    if len(raw) != 16:
+        raise ValueError(f"bad id {ident!r}")
+    return raw
+
+
+def id_from_bytes(raw: bytes) -> str:
+    return base64.b32encode(raw).decode().rstrip("=")
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    store_id: str
+    author: str
+    epoch: int
+    seq: int
+    payload_size: int
+    ciphertext_size: int
+    nonce: bytes
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        return HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            self.flags,
+            id_to_bytes(self.store_id),
+            id_to_bytes(self.author),
+            self.epoch,
+            self.seq,
+            self.payload_size,
+            self.ciphertext_size,
+            self.nonce,
+            b"\0" * 16,
+        )
+
+    @property
+    def total_size(self) -> int:
+        return HEADER_SIZE + self.ciphertext_size + SIGNATURE_SIZE
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Header:
+        if len(raw) < HEADER_SIZE:
+            raise IncompleteBundle("bundle is shorter than its header")
+        magic, version, flags, store, author, epoch, seq, psize, csize, nonce, _ = HEADER.unpack(
+            raw[:HEADER_SIZE]
+        )
+        if magic != MAGIC:
+            raise BadBundle("not a peersync bundle (bad magic)")
+        if version != FORMAT_VERSION:
+            raise BadBundle(f"bundle format version {version} is not supported", "upgrade peersync")
+        if psize > MAX_PAYLOAD or csize > MAX_CIPHERTEXT:
+            raise BadBundle(f"bundle declares {psize} bytes, more than the {MAX_PAYLOAD} allowed")
+        return cls(id_from_bytes(store), id_from_bytes(author), epoch, seq, psize, csize, nonce, flags)
+
+
+# -- records ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Record:
+    """One operation: ``meta`` is a JSON object, ``data`` the content bytes it carries."""
+
+    meta: dict[str, Any]
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        meta = json.dumps(self.meta, separators=(",", ":"), ensure_ascii=False).encode()
+        return RECORD_META.pack(len(meta)) + meta + RECORD_DATA.pack(len(self.data)) + self.data
+
+    @property
+    def encoded_size(self) -> int:
+        return RECORD_META.size + RECORD_DATA.size + len(self.data) + 256
+
+
+def encode_payload(records: list[Record]) -> bytes:
+    return b"".join(r.encode() for r in records)
+
+
+def decode_payload(payload: bytes) -> list[Record]:
+    out: list[Record] = []
+    view = memoryview(payload)
+    pos = 0
+    while pos < len(view):
+        if pos + RECORD_META.size > len(view):
+            raise BadBundle("payload ends inside a record")
+        (mlen,) = RECORD_META.unpack_from(view, pos)
+        pos += RECORD_META.size
+        if mlen > MAX_META or pos + mlen + RECORD_DATA.size > len(view):
+            raise BadBundle("payload record header is out of bounds")
+        try:
+            meta = json.loads(bytes(view[pos : pos + mlen]).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadBundle("payload record is not valid JSON") from exc
+        if not isinstance(meta, dict):
+            raise BadBundle("payload record is not a JSON object")
+        pos += mlen
+        (dlen,) = RECORD_DATA.unpack_from(view, pos)
+        pos += RECORD_DATA.size
+        if pos + dlen > len(view):
+            raise BadBundle("payload record data is out of bounds")
+        out.append(Record(meta, bytes(view[pos : pos + dlen])))
+        pos += dlen
+    return out
+
+
+# -- sealing ------------------------------------------------------------------
+
+
+def seal(
+    records: list[Record],
+    *,
+    store_id: str,
+    author: str,
+    epoch: int,
+    seq: int,
+    key: bytes,
+    signer: crypto.SigningKey,
+) -> bytes:
+    payload = encode_payload(records)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("bundle payload exceeds the format's cap")
+    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(payload)
+    nonce = crypto.random_bytes(crypto.NONCE_BYTES)
+    header = Header(store_id, author, epoch, seq, len(payload), len(compressed) + crypto.TAG_BYTES, nonce)
+    head = header.pack()
+    ciphertext = crypto.seal(key, nonce, compressed, head)
+    signature = signer.sign(head + ciphertext)
+    return head + ciphertext + signature
+
+
+def read_header(raw: bytes) -> Header:
+    return Header.unpack(raw)
+
+
+def open_bundle(
+    raw: bytes,
+    *,
+    store_id: str,
+    author: str,
+    seq: int,
+    author_key: bytes,
+    keys: dict[int, bytes],
+) -> tuple[Header, list[Record]]:
+    """Verify and decode a bundle read from ``peers/<author>/bundles/<seq>.psb``.
+
+    Raises IncompleteBundle when the file is shorter than it declares (it may
+    still be uploading) and BadBundle when any check fails for good.
+    """
+    header = Header.unpack(raw)
+    if header.store_id != store_id:
+        raise BadBundle(f"bundle belongs to store {header.store_id}, not {store_id}")
+    if header.author != author:
+        raise BadBundle(f"bundle in {author}'s folder claims author {header.author}")
+    if header.seq != seq:
+        raise BadBundle(f"bundle named {seq} carries sequence {header.seq} (a replay)")
+    if len(raw) < header.total_size:
+        raise IncompleteBundle(f"bundle has {len(raw)} of its {header.total_size} bytes")
+    if len(raw) > header.total_size:
+        longer = BadBundle(f"bundle has {len(raw)} bytes, more than the {header.total_size} it declares")
+        longer.retryable = True
+        raise longer
+    head = raw[:HEADER_SIZE]
+    ciphertext = raw[HEADER_SIZE : HEADER_SIZE + header.ciphertext_size]
+    signature = raw[HEADER_SIZE + header.ciphertext_size :]
+    try:
+        crypto.verify(author_key, signature, head + ciphertext)
+    except CryptoError as exc:
+        bad = BadBundle("bundle signature does not match its author")
+        bad.retryable = True  # a cloud client may still be rewriting it
+        raise bad from exc
+    key = keys.get(header.epoch)
+    if key is None:
+        raise BadBundle(f"bundle is sealed with store key epoch {header.epoch}, which this peer does not hold")
+    try:
+        compressed = crypto.open_sealed(key, header.nonce, ciphertext, head)
+    except CryptoError as exc:
+        raise BadBundle("bundle does not decrypt with the store key") from exc
+    payload = bounded_decompress(compressed, header.payload_size)
+    return header, decode_payload(payload)
+
+
+def bounded_decompress(data: bytes, declared: int) -> bytes:
+    """Decompress at most ``declared`` bytes; anything else is a bad bundle."""
+    out = io.BytesIO()
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+        while True:
+            chunk = reader.read(min(1024 * 1024, declared + 1 - out.tell()) or 1)
+            if not chunk:
+                break
+            out.write(chunk)
+            if out.tell() > declared:
+                raise BadBundle(f"bundle payload is larger than the {declared} bytes it declares")
+    except zstandard.ZstdError as exc:
+        raise BadBundle(f"bundle payload does not decompress ({exc})") from exc
+    if out.tell() != declared:
+        raise BadBundle(f"bundle payload is {out.tell()} bytes, not the {declared} it declares")
+    return out.getvalue()
+
+
+def iter_batches(records: Iterator[Record], max_bytes: int) -> Iterator[list[Record]]:
+    """Group records into bundles of at most ``max_bytes`` payload (one record at least)."""
+    batch: list[Record] = []
+    size = 0
+    for rec in records:
+        if batch and size + rec.encoded_size > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(rec)
+        size += rec.encoded_size
+    if batch:
+        yield batch

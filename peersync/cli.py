@@ -1,0 +1,503 @@
+"""The ``peersync`` command line: parse arguments, run one command, print one sentence on error.
+
+Exit statuses follow DESIGN.md's contract: 0 done or in sync, 1 errors remain,
+2 refused or bad input. Errors go to stderr as a plain sentence; a traceback
+goes to the log file only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, fsutil, paths
+from .engine import CycleReport, Engine
+from .errors import PeersyncError, RefusedError, UsageError
+from .index import Index
+from .service import ServiceLock, install_signal_handlers, run_loop
+from .state import State
+from .store import init_store, join_store, make_invite, resolve_path
+
+log = logging.getLogger("peersync")
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    age = time.time() - ts
+    if age < 90:
+        return f"{int(age)}s ago"
+    if age < 5400:
+        return f"{int(age // 60)} min ago"
+    if age < 48 * 3600:
+        return f"{age / 3600:.1f} h ago"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _setup_logging(state: State, verbose: bool, quiet: bool) -> None:
+    root = logging.getLogger("peersync")
+    root.setLevel(logging.DEBUG)
+    root.handlers.clear()
+    try:
+        state.log_dir().mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            state.log_dir() / "peersync.log", maxBytes=2_000_000, backupCount=5, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        root.addHandler(handler)
+    except OSError:
+        pass
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING))
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_init(state: State, args: argparse.Namespace) -> int:
+    cfg = init_store(state, Path(args.store_dir), Path(args.relay), args.name)
+    _out(f"Created store {cfg.name} in {cfg.path}, relayed through {cfg.relay}.")
+    _out(f"Invite another peer with: peersync invite {cfg.name}")
+    return 0
+
+
+def cmd_invite(state: State, args: argparse.Namespace) -> int:
+    ident = state.identity()
+    stores = state.find_stores(args.store)
+    if len(stores) > 1:
+        raise UsageError("this peer keeps several stores", "name one: `peersync invite STORE`")
+    cfg = stores[0]
+    _out(f"Invite code for store {cfg.name}. It holds the store's secret: send it privately.")
+    _out(f"On the other machine: peersync join CODE STORE_DIR --relay RELAY_DIR")
+    _out(make_invite(cfg, state.store_secret(cfg.id), ident))
+    return 0
+
+
+def cmd_join(state: State, args: argparse.Namespace) -> int:
+    cfg, present = join_store(state, args.code, Path(args.store_dir), Path(args.relay))
+    _out(f"Joined store {cfg.name} in {cfg.path}, relayed through {cfg.relay}.")
+    if not present:
+        _out(f"The relay does not hold this store yet; it syncs once your cloud client has delivered it.")
+    return 0
+
+
+def _report_line(r: CycleReport) -> str:
+    if r.paused:
+        return f"✗ {r.store}: {r.paused}"
+    mark = "✓" if r.ok else "✗"
+    parts = [f"{r.files} files", f"{r.published_ops} sent in {r.bundles_written} bundles",
+             f"{r.applied_ops} applied"]
+    if r.conflicts:
+        parts.append(f"{r.conflicts} conflicts kept as copies")
+    return f"{mark} {r.store}: " + ", ".join(parts)
+
+
+def _engines(state: State, which: str | None, exclude: tuple[str, ...] = ()) -> list[Engine]:
+    ident = state.identity()
+    return [Engine(state, cfg, ident, exclude=exclude) for cfg in state.find_stores(which)]
+
+
+def cmd_sync(state: State, args: argparse.Namespace) -> int:
+    lock = ServiceLock(state)
+    lock.acquire(timeout=args.wait, what="finish its cycle")
+    status = 0
+    try:
+        for engine in _engines(state, args.store, tuple(args.exclude or ())):
+            try:
+                report = engine.cycle(allow_deletes=args.allow_deletes)
+            finally:
+                engine.close()
+            _out(_report_line(report))
+            for w in report.waiting:
+                _out(f"  … waiting: {w}")
+            for e in report.errors:
+                print(f"  ✗ {e['subject']}: {e['message']}" + (f" — {e['hint']}" if e["hint"] else ""),
+                      file=sys.stderr)
+            if not report.ok:
+                status = 1
+    finally:
+        lock.release()
+    return status
+
+
+def cmd_run(state: State, args: argparse.Namespace) -> int:
+    lock = ServiceLock(state)
+    lock.acquire(timeout=0, what="keep running")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    try:
+        engines = _engines(state, args.store)
+        settings = state.settings()
+        log.info("service started for %s", ", ".join(e.cfg.name for e in engines))
+        _out(f"peersync {__version__} is syncing {', '.join(e.cfg.name for e in engines)}; Ctrl-C stops it.")
+
+        def cycle(full: bool) -> None:
+            for engine in engines:
+                if stop.is_set():
+                    return
+                try:
+                    report = engine.cycle()
+                except PeersyncError as exc:
+                    log.error("%s: %s", engine.cfg.name, exc.sentence())
+                    continue
+                if report.applied_ops or report.published_ops or report.errors:
+                    log.info(_report_line(report))
+                    if not args.quiet:
+                        _out(_report_line(report))
+
+        run_loop(cycle, [e.cfg.root for e in engines], [e.relay.root for e in engines],
+                 [e.relay.peer_dir(e.ident.peer_id) for e in engines], settings, stop)
+        for e in engines:
+            e.close()
+    finally:
+        lock.release()
+    log.info("service stopped")
+    return 0
+
+
+def cmd_status(state: State, args: argparse.Namespace) -> int:
+    summaries = []
+    for engine in _engines(state, args.store):
+        try:
+            summaries.append(engine.summary())
+        finally:
+            engine.close()
+    if args.json:
+        _out(json.dumps({"version": 1, "peer": state.identity().peer_id, "stores": summaries}, indent=2))
+        return 0
+    for s in summaries:
+        mark = "✓" if s["last_sync_ok"] else "✗"
+        _out(f"{mark} {s['name']}  {s['path']}")
+        _out(f"  relay {s['relay']}")
+        _out(f"  last sync {_when(s['last_sync'])}; pending out {s['pending_out']}, in {s['pending_in']}")
+        for p in s["peers"]:
+            _out(f"  peer {p['name']} ({p['id'][:7]}) last seen {_when(p['last_seen'])}"
+                 + (f", {p['bundles_behind']} bundles to apply" if p["bundles_behind"] else ""))
+        for peer, problem in s["unknown_peers"].items():
+            _out(f"  ! unknown peer folder {peer[:7]}: {problem}")
+        if s["conflicts"]:
+            _out(f"  {len(s['conflicts'])} conflict copies (peersync conflicts)")
+        for e in s["errors"]:
+            _out(f"  ✗ {e['subject']}: {e['message']}")
+    return 0
+
+
+def cmd_conflicts(state: State, args: argparse.Namespace) -> int:
+    for engine in _engines(state, args.store):
+        try:
+            for path in engine.summary()["conflicts"]:
+                _out(str(Path(engine.cfg.path) / path))
+        finally:
+            engine.close()
+    return 0
+
+
+def cmd_errors(state: State, args: argparse.Namespace) -> int:
+    for engine in _engines(state, args.store):
+        try:
+            if args.clear:
+                with engine.index.tx():
+                    engine.index.clear_errors()
+                _out(f"{engine.cfg.name}: errors cleared; the next sync reports what is still wrong.")
+                continue
+            for e in engine.index.errors():
+                _out(f"{engine.cfg.name}: {e['subject']}: {e['message']}")
+                _out(f"  since {_when(e['first_seen'])}, {e['cycles']} cycles; {e['hint'] or 'it is retried'}")
+        finally:
+            engine.close()
+    return 0
+
+
+def _versions_of(state: State, target: str) -> tuple[Any, str, Index, list[dict[str, Any]]]:
+    cfg, rel = resolve_path(state, target)
+    index = Index(state.store_dir(cfg.id) / "index.db")
+    return cfg, rel, index, index.versions(rel)
+
+
+def cmd_versions(state: State, args: argparse.Namespace) -> int:
+    cfg, rel, index, versions = _versions_of(state, args.path)
+    index.close()
+    if not versions:
+        _out(f"No earlier versions of {rel} are kept.")
+        return 0
+    for n, v in enumerate(versions, 1):
+        when = datetime.datetime.fromtimestamp(v["archived_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        _out(f"{n:3}  {when}  {v['size']:>10} bytes  {v['reason']}  {v['hash'][:12]}")
+    return 0
+
+
+def cmd_restore(state: State, args: argparse.Namespace) -> int:
+    from .versions import Archive
+
+    cfg, rel, index, versions = _versions_of(state, args.path)
+    try:
+        if not versions:
+            raise UsageError(f"no earlier versions of {rel} are kept")
+        if not 1 <= args.version <= len(versions):
+            raise UsageError(f"version {args.version} does not exist; {rel} has versions 1 to {len(versions)}")
+        v = versions[args.version - 1]
+        archive = Archive(state.versions_dir(cfg.id), index)
+        source = archive.object_path(v["hash"])
+        if not source.exists():
+            raise UsageError(f"version {args.version} of {rel} is no longer in the archive")
+        target = paths.join(cfg.root, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = fsutil.temp_name(target)
+        try:
+            if fsutil.copy_durable(source, tmp) != v["hash"]:
+                raise UsageError(f"version {args.version} of {rel} is damaged in the archive")
+            with index.tx():
+                if target.is_file():
+                    digest, size = fsutil.hash_file(target)
+                    archive.keep(target, rel, digest, size, target.stat().st_mtime_ns, "replaced by restore")
+                os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        index.close()
+    _out(f"Restored version {args.version} of {rel}; the next sync sends it to the other peers.")
+    return 0
+
+
+def cmd_config(state: State, args: argparse.Namespace) -> int:
+    store = state.find_stores(args.store)[0] if args.store else None
+    if args.key and args.value is not None:
+        state.set_setting(args.key, args.value, store)
+    settings = state.settings(store)
+    for key in sorted(settings):
+        if args.key in (None, key):
+            _out(f"{key} = {json.dumps(settings[key])}")
+    return 0
+
+
+def cmd_doctor(state: State, args: argparse.Namespace) -> int:
+    checks: list[dict[str, str]] = []
+
+    def add(check_id: str, status: str, finding: str, fix: str = "") -> None:
+        checks.append({"id": check_id, "status": status, "finding": finding, "fix": fix})
+
+    try:
+        ident = state.identity()
+        add("identity", "ok", f"peer {ident.name} ({ident.short})")
+    except PeersyncError as exc:
+        add("identity", "fail", exc.message, exc.hint)
+        ident = None
+    holder = ServiceLock(state).holder() if state.root.exists() else None
+    add("service", "ok" if holder else "warn",
+        f"service running (pid {holder})" if holder else "the service is not running",
+        "" if holder else "start it with `peersync run` or install it as a service")
+    if ident is not None:
+        for cfg in state.stores():
+            engine = Engine(state, cfg, ident)
+            try:
+                s = engine.summary()
+                ok_index = engine.index.integrity_ok()
+            finally:
+                engine.close()
+            marker = (cfg.root / ".peersync").exists()
+            add(f"store:{cfg.name}:marker", "ok" if marker else "fail",
+                "marker present" if marker else f"{cfg.root} has no .peersync marker: the store is paused",
+                "" if marker else "reconnect the drive or move the folder back")
+            add(f"store:{cfg.name}:index", "ok" if ok_index else "fail",
+                "index intact" if ok_index else "the index fails its integrity check",
+                "" if ok_index else "move the index away and run `peersync sync` to rebuild it")
+            relay_ok = Path(cfg.relay).is_dir() and os.access(cfg.relay, os.W_OK)
+            add(f"relay:{cfg.name}", "ok" if relay_ok else "fail",
+                f"relay {cfg.relay} present and writable" if relay_ok else f"relay {cfg.relay} is missing or read-only",
+                "" if relay_ok else "start the cloud client, or check the relay path")
+            if s["errors"]:
+                add(f"store:{cfg.name}:errors", "warn", f"{len(s['errors'])} errors", "see `peersync errors`")
+            if s["conflicts"]:
+                add(f"store:{cfg.name}:conflicts", "warn", f"{len(s['conflicts'])} conflict copies",
+                    "see `peersync conflicts`")
+            for p in s["peers"]:
+                age = time.time() - p["last_seen"] if p["last_seen"] else None
+                silent = age is None or age > 24 * 3600
+                add(f"peer:{cfg.name}:{p['id'][:7]}", "warn" if silent else "ok",
+                    f"peer {p['name']} last seen {_when(p['last_seen'])}",
+                    "check that machine and its cloud client are on" if silent else "")
+    worst = 2 if any(c["status"] == "fail" for c in checks) else 1 if any(c["status"] == "warn" for c in checks) else 0
+    if args.json:
+        _out(json.dumps({"version": 1, "status": ["ok", "warn", "fail"][worst], "checks": checks}, indent=2))
+    else:
+        marks = {"ok": "✓", "warn": "!", "fail": "✗"}
+        for c in checks:
+            _out(f"{marks[c['status']]} {c['id']}: {c['finding']}" + (f" — {c['fix']}" if c["fix"] else ""))
+    return worst
+
+
+def cmd_demo(state: State, args: argparse.Namespace) -> int:
+    """Two peers on this machine sharing a local relay folder: edit one folder, watch the other."""
+    base = Path(args.dir).expanduser().absolute()
+    relay = base / "relay"
+    relay.mkdir(parents=True, exist_ok=True)
+    homes = {name: base / f".state-{name}" for name in ("alice", "bob")}
+    me = [sys.executable, "-m", "peersync"]
+
+    def call(name: str, *argv: str) -> str:
+        env = dict(os.environ, PEERSYNC_HOME=str(homes[name]))
+        done = subprocess.run(me + list(argv), env=env, capture_output=True, text=True)
+        if done.returncode not in (0, 1):
+            raise RefusedError(f"demo setup failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    if not (homes["alice"] / "config.json").exists():
+        call("alice", "init", str(base / "alice"), "--relay", str(relay), "--name", "demo")
+        (base / "alice" / "hello.txt").write_text("Hello from Alice. Edit me, then look in ../bob/\n")
+        code = call("alice", "invite", "demo").strip().splitlines()[-1]
+        call("bob", "join", code, str(base / "bob"), "--relay", str(relay))
+        call("alice", "sync")
+        call("bob", "sync")
+    _out(f"Demo ready in {base}: two peers, alice/ and bob/, sharing the relay folder relay/.")
+    _out("Edit, add or delete files in either folder; the other follows.")
+    if args.no_run:
+        return 0
+    procs = [subprocess.Popen(me + ["run", "--quiet"], env=dict(os.environ, PEERSYNC_HOME=str(h)))
+             for h in homes.values()]
+    _out("Both peers are running; Ctrl-C stops them.")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    while not stop.is_set() and all(p.poll() is None for p in procs):
+        stop.wait(0.5)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return 0
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peersync", description="Keep a folder in sync through a cloud-replicated relay folder.")
+    p.add_argument("--version", action="version", version=f"peersync {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more, also to stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("init", help="make a folder a new store")
+    s.add_argument("store_dir")
+    s.add_argument("--relay", required=True, help="a folder your cloud client replicates")
+    s.add_argument("--name", help="the store's name (default: the folder's name)")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("invite", help="print an invite code for a store")
+    s.add_argument("store", nargs="?")
+    s.set_defaults(func=cmd_invite)
+
+    s = sub.add_parser("join", help="join a store with an invite code")
+    s.add_argument("code")
+    s.add_argument("store_dir")
+    s.add_argument("--relay", required=True, help="this machine's copy of the relay folder")
+    s.set_defaults(func=cmd_join)
+
+    s = sub.add_parser("sync", help="one full sync cycle now")
+    s.add_argument("store", nargs="?")
+    s.add_argument("--allow-deletes", action="store_true", help="confirm a held mass deletion")
+    s.add_argument("--exclude", action="append", metavar="PATTERN", help="skip files matching PATTERN this time")
+    s.add_argument("--wait", type=float, default=60.0, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_sync)
+
+    s = sub.add_parser("run", help="watch and sync until stopped")
+    s.add_argument("store", nargs="?")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="per store: peers, last sync, pending, conflicts, errors")
+    s.add_argument("store", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("doctor", help="health of peersync, the relay and the peers")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("versions", help="list the kept earlier versions of a file")
+    s.add_argument("path")
+    s.set_defaults(func=cmd_versions)
+
+    s = sub.add_parser("restore", help="bring back an earlier version of a file")
+    s.add_argument("path")
+    s.add_argument("--version", type=int, default=1, help="which one, as numbered by `peersync versions` (default 1)")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("conflicts", help="list unresolved conflict copies")
+    s.add_argument("store", nargs="?")
+    s.set_defaults(func=cmd_conflicts)
+
+    s = sub.add_parser("errors", help="list what failed and what to do")
+    s.add_argument("store", nargs="?")
+    s.add_argument("--clear", action="store_true", help="forget reported errors (those still true come back)")
+    s.set_defaults(func=cmd_errors)
+
+    s = sub.add_parser("config", help="show or change settings")
+    s.add_argument("key", nargs="?")
+    s.add_argument("value", nargs="?")
+    s.add_argument("--store", help="change this store's setting only")
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("demo", help="two peers on this machine sharing a local relay, running")
+    s.add_argument("dir", nargs="?", default="peersync-demo")
+    s.add_argument("--no-run", action="store_true", help="set up only")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return 2 if exc.code not in (0, None) else 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    state = State()
+    _setup_logging(state, args.verbose, args.quiet)
+    try:
+        return int(args.func(state, args))
+    except PeersyncError as exc:
+        print(f"peersync: {exc.sentence()}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        log.debug("OS error", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = "free some space and try again" if fsutil.is_disk_full(exc) else "check the path and its permissions"
+        print(f"peersync: {exc.strerror or exc}{where}; {hint}.", file=sys.stderr)
+        return 1
+    except Exception as exc:  # never a traceback on the terminal
+        log.exception("internal error")
+        print(f"peersync: internal error ({exc.__class__.__name__}: {exc}); details are in "
+              f"{state.log_dir() / 'peersync.log'}.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

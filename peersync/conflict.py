@@ -1,0 +1,39 @@
+"""Concurrent changes: which side wins, and the name the losing side is kept under.
+
+The rule is deterministic so every peer reaches the same outcome on its own:
+a modification beats a deletion; between two modifications the newer mtime
+wins; on equal mtimes the smaller peer id wins, then the smaller content hash.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from .index import Entry
+
+CONFLICT_RE = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}(?:-\d+)?(?=\.|$)")
+
+
+def remote_wins(local: Entry, remote: Entry) -> bool:
+    if local.deleted != remote.deleted:
+        return local.deleted  # modify beats delete
+    lk = (-local.mtime_ns, local.modified_by, local.hash)
+    rk = (-remote.mtime_ns, remote.modified_by, remote.hash)
+    return rk < lk
+
+
+def conflict_name(path: str, mtime_ns: int, peer: str, n: int = 0) -> str:
+    """``dir/name.sync-conflict-YYYYMMDD-HHMMSS-<peer>.ext`` for the losing version of ``path``."""
+    folder, _, name = path.rpartition("/")
+    stamp = datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a dotfile such as ".profile"
+        stem, dot, ext = name, "", ""
+    suffix = f".sync-conflict-{stamp}-{peer[:7]}" + (f"-{n}" if n else "")
+    new = f"{stem}{suffix}{dot}{ext}"
+    return f"{folder}/{new}" if folder else new
+
+
+def is_conflict_copy(path: str) -> bool:
+    return bool(CONFLICT_RE.search(path.rpartition("/")[2]))

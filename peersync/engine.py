@@ -1,0 +1,383 @@
+"""One sync cycle of one store: scan, publish, read, verify, apply, heartbeat.
+
+The engine knows the layers below it (scanner, index, bundles, relay,
+applier) and nothing above it: the CLI and the service call ``cycle``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import bundle, paths
+from .apply import Applier, check_record
+from .bundle import Record
+from .conflict import is_conflict_copy
+from .errors import BadBundle, IncompleteBundle, PeersyncError, RelayError, StorePausedError
+from .ignore import Ignore
+from .index import Entry, Index
+from .relay import Relay
+from .scan import Scanner
+from .state import Identity, State, StoreConfig
+from .store import bundle_key, check_marker, roster_key
+from .versions import Archive
+
+log = logging.getLogger("peersync")
+
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(stage: str, items: int, nbytes: int) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class CycleReport:
+    store: str
+    files: int = 0
+    changed: int = 0
+    published_ops: int = 0
+    bundles_written: int = 0
+    applied_ops: int = 0
+    conflicts: int = 0
+    held_deletes: int = 0
+    waiting: list[str] = dataclasses.field(default_factory=list)
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    paused: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.paused
+
+
+class Engine:
+    def __init__(self, state: State, cfg: StoreConfig, ident: Identity, progress: Progress = _quiet,
+                 exclude: tuple[str, ...] = ()) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.ident = ident
+        self.progress = progress
+        self.settings = state.settings(cfg)
+        self.exclude = tuple(self.settings["exclude"]) + exclude
+        self.secret = state.store_secret(cfg.id)
+        self.keys = {0: bundle_key(self.secret, 0)}
+        self.roster_key = roster_key(self.secret)
+        self.relay = Relay(Path(cfg.relay), cfg.id)
+        self.index = Index(state.store_dir(cfg.id) / "index.db")
+        self.archive = Archive(state.versions_dir(cfg.id), self.index)
+        self.staging = state.store_dir(cfg.id) / "staging"
+        self.quarantine_dir = state.store_dir(cfg.id) / "quarantine"
+
+    def close(self) -> None:
+        self.index.close()
+
+    def _parts(self) -> tuple[Ignore, Scanner, Applier]:
+        ignore = Ignore(self.cfg.root, self.exclude)
+        scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress)
+        applier = Applier(self.cfg.root, self.index, scanner, self.archive, ignore, self.ident.peer_id, self.staging)
+        return ignore, scanner, applier
+
+    # -- the cycle ------------------------------------------------------------
+
+    def cycle(self, allow_deletes: bool = False) -> CycleReport:
+        report = CycleReport(self.cfg.name)
+        with self.index.tx():
+            self.index.set_meta("cycle", self.index.meta_int("cycle") + 1)
+            self.index.clear_errors("store:")
+            self.index.clear_errors("relay:")
+        try:
+            check_marker(self.cfg, self.ident)
+        except StorePausedError as exc:
+            report.paused = exc.sentence()
+            with self.index.tx():
+                self.index.record_error("store:paused", "store", self.cfg.name, exc.message, exc.hint)
+            return self._finish(report, ok=False)
+        _, scanner, applier = self._parts()
+        applier.recover_intents()
+        self._scan(scanner, report, allow_deletes)
+        try:
+            self.relay.check_reachable()
+        except RelayError as exc:
+            with self.index.tx():
+                self.index.record_error("relay:missing", "relay", self.cfg.relay, exc.message, exc.hint)
+            return self._finish(report, ok=False)
+        self._publish(scanner, report)
+        self._read(applier, report)
+        applier.retry_pending()
+        report.applied_ops += applier.applied_ops
+        report.conflicts += applier.conflicts
+        if self.index.outgoing():  # conflict copies made while applying
+            self._publish(scanner, report)
+        applier.clean_staging()
+        return self._finish(report, ok=True)
+
+    def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
+        report.errors = self.index.errors()
+        with self.index.tx():
+            self.index.set_meta("last_sync", time.time())
+            self.index.set_meta("last_sync_ok", int(ok and not report.errors))
+        if ok:
+            self._heartbeat(report)
+        return report
+
+    def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool) -> None:
+        result = scanner.scan(allow_deletes=allow_deletes)
+        report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
+        with self.index.tx():
+            self.index.clear_errors("scan:")
+            for path, message, hint in result.problems:
+                self.index.record_error(f"scan:{path}", "scan", path, message, hint)
+            if result.held_deletes:
+                total = self.index.count_live_files()
+                self.index.record_error(
+                    "scan:held-deletes", "held", self.cfg.name,
+                    f"{result.held_deletes} of {total} files are gone from {self.cfg.root}; "
+                    "the deletion is held and not sent",
+                    "if you deleted them, run `peersync sync --allow-deletes`; otherwise restore them",
+                )
+
+    # -- publishing -------------------------------------------------------------
+
+    def _publish(self, scanner: Scanner, report: CycleReport) -> None:
+        outgoing = self.index.outgoing()
+        wanted = self._wanted()
+        if not outgoing and not wanted:
+            return
+        gone_hashes = {e.hash: e.path for e in outgoing if e.deleted and e.kind == "file" and e.hash}
+        seq = max(self.index.meta_int("last_bundle_seq"), self.relay.next_seq(self.ident.peer_id) - 1)
+        max_bytes = int(self.settings["bundle_max_bytes"])
+        batch: list[Record] = []
+        batch_size = 0
+        batch_top = 0
+
+        def flush() -> None:
+            nonlocal seq, batch, batch_size
+            seq += 1
+            data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=0, seq=seq,
+                               key=self.keys[0], signer=self.ident.key)
+            self.relay.write_bundle(self.ident.peer_id, seq, data)
+            self.progress("publish", 1, len(data))
+            with self.index.tx():
+                self.index.set_meta("last_bundle_seq", seq)
+                if batch_top:
+                    self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
+            report.bundles_written += 1
+            report.published_ops += sum(1 for r in batch if r.meta["op"] != "part")
+            batch, batch_size = [], 0
+
+        for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
+            for rec in self._records(entry, scanner, gone_hashes if top else {}):
+                if batch and batch_size + rec.encoded_size > max_bytes:
+                    flush()
+                batch.append(rec)
+                batch_size += rec.encoded_size
+            batch_top = max(batch_top, top)
+        if batch:
+            flush()
+        elif batch_top:
+            with self.index.tx():
+                self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
+
+    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Iterator[Record]:
+        base = {"path": e.path, "vector": e.vector, "by": e.modified_by}
+        if e.deleted:
+            yield Record({"op": "delete", "kind": e.kind, "hash": e.hash, "mtime_ns": e.mtime_ns, **base})
+            return
+        if e.kind == "dir":
+            yield Record({"op": "mkdir", **base})
+            return
+        meta = {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, **base}
+        source = paths.join(self.cfg.root, e.path)
+        if e.hash in gone_hashes:
+            yield Record({**meta, "content": "ref", "from": gone_hashes[e.hash]})
+            return
+        part = int(self.settings["part_bytes"])
+        try:
+            if e.size <= part:
+                data = source.read_bytes()
+                if hashlib.sha256(data).hexdigest() != e.hash:
+                    raise ValueError("changed since scanned")
+                yield Record({**meta, "content": "inline"}, data)
+                return
+            yield from self._part_records(meta, source, part)
+        except (OSError, ValueError):
+            scanner.refresh(e.path)  # changed or gone since the scan: it is sent again as it is now
+
+    def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Iterator[Record]:
+        """A large file as a put carrying its first part, then parts; memory stays one part."""
+        h = hashlib.sha256()
+        offset = 0
+        with open(source, "rb") as f:
+            while True:
+                chunk = f.read(part)
+                h.update(chunk)
+                if offset == 0:
+                    yield Record({**meta, "content": "parts"}, chunk)
+                else:
+                    final = offset + len(chunk) >= meta["size"]
+                    if final and h.hexdigest() != meta["hash"]:
+                        raise ValueError("changed while being sent")
+                    yield Record({"op": "part", "path": meta["path"], "hash": meta["hash"], "offset": offset,
+                                  "final": final}, chunk)
+                offset += len(chunk)
+                if offset >= meta["size"] or not chunk:
+                    break
+
+    def _wanted(self) -> list[Entry]:
+        """Live files other peers asked for (a rename whose content they did not have)."""
+        out: list[Entry] = []
+        roster, _ = self.relay.roster(self.roster_key)
+        for peer, rec in roster.items():
+            if peer == self.ident.peer_id:
+                continue
+            beat = self.relay.read_heartbeat(peer, rec.public_key)
+            for want in (beat or {}).get("wants", [])[:1000]:
+                key = f"answered:{peer}:{want.get('hash')}"
+                if self.index.get_meta(key):
+                    continue
+                for e in self.index.find_by_hash(str(want.get("hash"))):
+                    out.append(e)
+                    with self.index.tx():
+                        self.index.set_meta(key, time.time())
+                    break
+        return out
+
+    # -- reading ------------------------------------------------------------------
+
+    def _read(self, applier: Applier, report: CycleReport) -> None:
+        roster, problems = self.relay.roster(self.roster_key)
+        with self.index.tx():
+            self.index.clear_errors("peer:")
+            for peer, problem in problems.items():
+                if "no peer.json yet" in problem:
+                    report.waiting.append(f"peer {peer[:7]} {problem}")
+                    continue
+                self.index.record_error(f"peer:{peer}", "peer", peer[:7], f"relay folder of peer {peer[:7]}: {problem}",
+                                        "its bundles are ignored; if this peer is yours, re-join it with an invite")
+        applied = self.index.applied()
+        grace = float(self.settings["bundle_grace_seconds"])
+        for peer, rec in sorted(roster.items()):
+            if peer == self.ident.peer_id:
+                continue
+            found, _strays = self.relay.list_bundles(peer)
+            seq = applied.get(peer, 0) + 1
+            while seq in found:
+                try:
+                    header, records = self._open(found[seq], peer, seq, rec.public_key)
+                except (IncompleteBundle, BadBundle) as exc:
+                    if self._hold_or_quarantine(peer, seq, found[seq], exc, grace, report):
+                        break
+                    seq += 1
+                    continue
+                applier.apply_records(peer, records)
+                with self.index.tx():
+                    self.index.set_applied(peer, seq)
+                    self.index.forget_bad_bundle(peer, seq)
+                self.progress("apply", len(records), header.payload_size)
+                seq += 1
+            if found and max(found) >= seq and seq not in found:
+                report.waiting.append(f"bundle {seq} of peer {peer[:7]} has not arrived yet")
+
+    def _open(self, path: Path, peer: str, seq: int, public_key: bytes) -> tuple[bundle.Header, list[Record]]:
+        try:
+            size = path.stat().st_size
+            if size > bundle.HEADER_SIZE + bundle.MAX_CIPHERTEXT + bundle.SIGNATURE_SIZE:
+                raise BadBundle(f"bundle is {size} bytes, more than any bundle may be")
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise IncompleteBundle(f"bundle cannot be read yet ({exc.strerror})") from exc
+        self.progress("fetch", 1, len(raw))
+        header, records = bundle.open_bundle(raw, store_id=self.cfg.id, author=peer, seq=seq,
+                                             author_key=public_key, keys=self.keys)
+        for r in records:
+            check_record(r)
+        self.progress("verify", 1, len(raw))
+        return header, records
+
+    def _hold_or_quarantine(self, peer: str, seq: int, path: Path, exc: PeersyncError, grace: float,
+                            report: CycleReport) -> bool:
+        """Wait for a bundle that may still be arriving; quarantine it once that is unlikely.
+
+        Returns True while waiting (stop reading this peer), False once it is set aside.
+        """
+        retryable = isinstance(exc, IncompleteBundle) or getattr(exc, "retryable", False)
+        with self.index.tx():
+            first, quarantined = self.index.bad_bundle(peer, seq, exc.message)
+        if retryable and not quarantined and time.time() - first < grace:
+            report.waiting.append(f"bundle {seq} of peer {peer[:7]}: {exc.message}; retrying")
+            return True
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(path, self.quarantine_dir / f"{peer}-{seq:012d}.psb")
+        except OSError:
+            pass
+        with self.index.tx():
+            self.index.quarantine(peer, seq)
+            self.index.set_applied(peer, seq)
+            self.index.record_error(
+                f"bundle:{peer}:{seq}", "bundle", f"{peer[:7]}/{seq}",
+                f"bundle {seq} of peer {peer[:7]} was rejected and quarantined: {exc.message}",
+                "nothing from it was applied; check the sending peer, then `peersync errors --clear`",
+            )
+        log.warning("quarantined bundle %s of %s: %s", seq, peer, exc.message)
+        return False
+
+    # -- heartbeat ------------------------------------------------------------------
+
+    def _heartbeat(self, report: CycleReport) -> None:
+        wants = [
+            {"path": meta["path"], "hash": meta["hash"]}
+            for _p, meta, _s, _r, _f, _a in self.index.pending()
+            if meta.get("op") == "put" and meta.get("content") == "ref"
+        ]
+        body = {
+            "name": self.ident.name,
+            "applied": self.index.applied(),
+            "published": self.index.meta_int("last_bundle_seq"),
+            "health": "ok" if report.ok else "errors",
+            "errors": len(report.errors),
+            "wants": wants[:1000],
+        }
+        try:
+            self.relay.write_heartbeat(self.ident.peer_id, body, self.ident.key)
+        except OSError as exc:
+            log.warning("cannot write heartbeat: %s", exc)
+
+    # -- what status shows ------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        roster, problems = self.relay.roster(self.roster_key)
+        applied = self.index.applied()
+        peers = []
+        incoming = 0
+        for peer, rec in sorted(roster.items()):
+            if peer == self.ident.peer_id:
+                continue
+            beat = self.relay.read_heartbeat(peer, rec.public_key)
+            found, _ = self.relay.list_bundles(peer)
+            behind = sum(1 for s in found if s > applied.get(peer, 0))
+            incoming += behind
+            peers.append({"id": peer, "name": rec.name, "machine": rec.machine, "user": rec.user,
+                          "last_seen": beat.get("time") if beat else None, "bundles_behind": behind})
+        conflicts = [e.path for e in self.index.entries(live_only=True) if is_conflict_copy(e.path)]
+        last = self.index.get_meta("last_sync")
+        return {
+            "name": self.cfg.name,
+            "id": self.cfg.id,
+            "path": self.cfg.path,
+            "relay": self.cfg.relay,
+            "last_sync": float(last) if last else None,
+            "last_sync_ok": bool(self.index.meta_int("last_sync_ok")),
+            "pending_out": len(self.index.outgoing()),
+            "pending_in": incoming + len(self.index.pending()),
+            "peers": peers,
+            "unknown_peers": problems,
+            "conflicts": conflicts,
+            "errors": self.index.errors(),
+        }

@@ -1,0 +1,138 @@
+"""Small filesystem primitives: atomic writes, durable renames, private files, streamed hashing.
+
+Platform differences live here and only here: directory fsync (POSIX only),
+owner-only permissions (chmod on POSIX; on Windows the per-user profile
+folders already carry owner-only ACLs), and how a locked file shows up.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+TEMP_PREFIX = ".peersync-tmp-"
+IS_WINDOWS = sys.platform == "win32"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside ``path`` durable (a no-op where unsupported)."""
+    if IS_WINDOWS:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(target: Path) -> Path:
+    return target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{target.name[:60]}")
+
+
+def atomic_write(target: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``target`` so a reader sees the old or the new file, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+def make_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if not IS_WINDOWS:
+        os.chmod(path, 0o700)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a key or secret readable by its owner only."""
+    atomic_write(path, data, mode=0o600)
+
+
+def is_private(path: Path) -> bool:
+    if IS_WINDOWS:
+        return True
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+def hash_stream(f: BinaryIO) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 hex digest and size of a file, read in bounded chunks."""
+    with open(path, "rb") as f:
+        return hash_stream(f)
+
+
+def read_chunks(path: Path, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left is None or left > 0:
+            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+def copy_durable(src: Path, dst: Path) -> str:
+    """Copy ``src`` to a new file ``dst`` (fsync'd); return the content hash."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "xb") as fo:
+        while chunk := fi.read(CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    return h.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``dst`` the content of ``src``: a hard link where possible, else a durable copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        copy_durable(src, dst)
+
+
+def is_locked_error(exc: OSError) -> bool:
+    """True when another program holds the file (Windows sharing violation, EBUSY...)."""
+    if getattr(exc, "winerror", None) in (32, 33):  # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION
+        return True
+    return exc.errno in (errno.EBUSY, errno.ETXTBSY, errno.EAGAIN) or (
+        IS_WINDOWS and exc.errno == errno.EACCES
+    )
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or getattr(exc, "winerror", None) == 112

@@ -1,0 +1,335 @@
+"""The per-peer, per-store SQLite index: what this peer knows of every path and every peer.
+
+Tables:
+  files       one row per path ever seen: content hash, size, mtime, mode, the
+              stat fields a scan trusts, the version vector, and ``local_seq``
+              (> 0 when the row's state is a local change; it is published
+              while ``local_seq`` exceeds ``meta.published_seq``)
+  applied     per author, the last bundle sequence applied
+  partials    per author, a large file being assembled from parts
+  pending     remote operations that could not be applied yet (file locked,
+              content not at hand); retried every cycle
+  intents     an apply in flight: written before the rename, removed after,
+              so a crash in between is finished from the disk on restart
+  errors      what went wrong, since when, over how many cycles
+  bad_bundles bundles that did not verify, waiting or quarantined
+  versions    the versions archive's catalogue
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import fsutil, paths
+from . import vector as vv
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    path TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    hash TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    mode INTEGER NOT NULL DEFAULT 0,
+    inode INTEGER NOT NULL DEFAULT 0,
+    vector TEXT NOT NULL DEFAULT '{}',
+    modified_by TEXT NOT NULL DEFAULT '',
+    local_seq INTEGER NOT NULL DEFAULT 0,
+    ckey TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS files_ckey ON files(ckey);
+CREATE INDEX IF NOT EXISTS files_local ON files(local_seq);
+CREATE INDEX IF NOT EXISTS files_hash ON files(hash);
+CREATE TABLE IF NOT EXISTS applied(author TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS partials(
+    author TEXT PRIMARY KEY, meta TEXT NOT NULL, staged TEXT NOT NULL, written INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending(
+    path TEXT PRIMARY KEY, meta TEXT NOT NULL, staged TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS intents(path TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS errors(
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL,
+    hint TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    cycles INTEGER NOT NULL DEFAULT 1, seen_cycle INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS bad_bundles(
+    author TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, first_seen REAL NOT NULL,
+    quarantined INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(author, seq));
+CREATE TABLE IF NOT EXISTS versions(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, hash TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, archived_at REAL NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS versions_path ON versions(path);
+"""
+
+
+@dataclasses.dataclass
+class Entry:
+    path: str
+    kind: str = "file"  # "file" or "dir"
+    deleted: bool = False
+    hash: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0o644
+    inode: int = 0
+    vector: vv.Vector = dataclasses.field(default_factory=dict)
+    modified_by: str = ""
+    local_seq: int = 0
+
+    @property
+    def live(self) -> bool:
+        return not self.deleted
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Entry:
+        return cls(**json.loads(text))
+
+
+_COLUMNS = "path, kind, deleted, hash, size, mtime_ns, mode, inode, vector, modified_by, local_seq"
+
+
+def _entry(row: sqlite3.Row | tuple[Any, ...]) -> Entry:
+    return Entry(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], vv.loads(row[8]), row[9], row[10])
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        if new and not fsutil.IS_WINDOWS:
+            os.chmod(path, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        if self.get_meta("schema") is None:
+            self.set_meta("schema", str(SCHEMA_VERSION))
+        self._in_tx = False
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[None]:
+        """One atomic change of the index; nests as a no-op."""
+        if self._in_tx:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
+    # -- meta -----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | int | float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, str(value)))
+
+    def meta_int(self, key: str, default: int = 0) -> int:
+        value = self.get_meta(key)
+        return default if value is None else int(value)
+
+    def next_clock(self) -> int:
+        """This peer's next counter: strictly increasing, never reused."""
+        with self.tx():
+            n = self.meta_int("clock") + 1
+            self.set_meta("clock", n)
+        return n
+
+    # -- files ----------------------------------------------------------------
+
+    def get(self, path: str) -> Entry | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path=?", (path,)).fetchone()
+        return None if row is None else _entry(row)
+
+    def put(self, e: Entry) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO files({_COLUMNS}, ckey) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+            (e.path, e.kind, int(e.deleted), e.hash, e.size, e.mtime_ns, e.mode, e.inode,
+             vv.dumps(e.vector), e.modified_by, e.local_seq, paths.case_key(e.path)),
+        )
+
+    def case_clash(self, path: str) -> str | None:
+        """A live path that differs from ``path`` only in letter case, if any."""
+        row = self.db.execute(
+            "SELECT path FROM files WHERE ckey=? AND path<>? AND deleted=0 LIMIT 1", (paths.case_key(path), path)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def entries(self, live_only: bool = False) -> Iterator[Entry]:
+        sql = f"SELECT {_COLUMNS} FROM files" + (" WHERE deleted=0" if live_only else "") + " ORDER BY path"
+        for row in self.db.execute(sql):
+            yield _entry(row)
+
+    def stat_map(self) -> dict[str, tuple[str, bool, int, int, int, int]]:
+        """path -> (kind, deleted, size, mtime_ns, inode, mode): what a scan compares against."""
+        return {
+            r[0]: (r[1], bool(r[2]), r[3], r[4], r[5], r[6])
+            for r in self.db.execute("SELECT path, kind, deleted, size, mtime_ns, inode, mode FROM files")
+        }
+
+    def count_live_files(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM files WHERE deleted=0 AND kind='file'").fetchone()[0])
+
+    def outgoing(self) -> list[Entry]:
+        published = self.meta_int("published_seq")
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE local_seq > ? ORDER BY local_seq", (published,)
+        )
+        return [_entry(r) for r in rows]
+
+    def find_by_hash(self, digest: str) -> list[Entry]:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE hash=? AND deleted=0 AND kind='file'", (digest,))
+        return [_entry(r) for r in rows]
+
+    # -- applied / partials ---------------------------------------------------
+
+    def applied(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT author, seq FROM applied")}
+
+    def set_applied(self, author: str, seq: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO applied(author, seq) VALUES(?, ?)", (author, seq))
+
+    def partial(self, author: str) -> tuple[dict[str, Any], str, int] | None:
+        row = self.db.execute("SELECT meta, staged, written FROM partials WHERE author=?", (author,)).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1], row[2])
+
+    def set_partial(self, author: str, meta: dict[str, Any], staged: str, written: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO partials(author, meta, staged, written) VALUES(?,?,?,?)",
+            (author, json.dumps(meta), staged, written),
+        )
+
+    def clear_partial(self, author: str) -> None:
+        self.db.execute("DELETE FROM partials WHERE author=?", (author,))
+
+    # -- pending remote operations -------------------------------------------
+
+    def add_pending(self, path: str, meta: dict[str, Any], staged: str, reason: str) -> None:
+        row = self.db.execute("SELECT first_seen, attempts FROM pending WHERE path=?", (path,)).fetchone()
+        first, attempts = (row[0], row[1] + 1) if row else (time.time(), 1)
+        self.db.execute(
+            "INSERT OR REPLACE INTO pending(path, meta, staged, reason, first_seen, attempts) VALUES(?,?,?,?,?,?)",
+            (path, json.dumps(meta), staged, reason, first, attempts),
+        )
+
+    def pending(self) -> list[tuple[str, dict[str, Any], str, str, float, int]]:
+        rows = self.db.execute("SELECT path, meta, staged, reason, first_seen, attempts FROM pending ORDER BY path")
+        return [(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def drop_pending(self, path: str) -> None:
+        self.db.execute("DELETE FROM pending WHERE path=?", (path,))
+
+    # -- intents --------------------------------------------------------------
+
+    def add_intent(self, e: Entry) -> None:
+        with self.tx():
+            self.db.execute("INSERT OR REPLACE INTO intents(path, entry) VALUES(?, ?)", (e.path, e.to_json()))
+
+    def intents(self) -> list[Entry]:
+        return [Entry.from_json(r[0]) for r in self.db.execute("SELECT entry FROM intents")]
+
+    def drop_intent(self, path: str) -> None:
+        self.db.execute("DELETE FROM intents WHERE path=?", (path,))
+
+    # -- errors ---------------------------------------------------------------
+
+    def record_error(self, key: str, kind: str, subject: str, message: str, hint: str = "") -> None:
+        """Note an error seen in the current cycle; repeated cycles count up."""
+        cycle = self.meta_int("cycle")
+        now = time.time()
+        row = self.db.execute("SELECT cycles, seen_cycle FROM errors WHERE key=?", (key,)).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO errors(key, kind, subject, message, hint, first_seen, last_seen, cycles, seen_cycle)"
+                " VALUES(?,?,?,?,?,?,?,1,?)",
+                (key, kind, subject, message, hint, now, now, cycle),
+            )
+        else:
+            cycles = row[0] + (1 if row[1] != cycle else 0)
+            self.db.execute(
+                "UPDATE errors SET message=?, hint=?, last_seen=?, cycles=?, seen_cycle=? WHERE key=?",
+                (message, hint, now, cycles, cycle, key),
+            )
+
+    def clear_error(self, key: str) -> None:
+        self.db.execute("DELETE FROM errors WHERE key=?", (key,))
+
+    def clear_errors(self, prefix: str = "") -> None:
+        self.db.execute("DELETE FROM errors WHERE key LIKE ?", (prefix + "%",))
+
+    def errors(self) -> list[dict[str, Any]]:
+        cols = ("key", "kind", "subject", "message", "hint", "first_seen", "last_seen", "cycles")
+        rows = self.db.execute(f"SELECT {', '.join(cols)} FROM errors ORDER BY first_seen")
+        return [dict(zip(cols, r)) for r in rows]
+
+    # -- bad bundles ----------------------------------------------------------
+
+    def bad_bundle(self, author: str, seq: int, reason: str) -> tuple[float, bool]:
+        """Note a bundle that does not verify; returns (first seen, quarantined)."""
+        row = self.db.execute(
+            "SELECT first_seen, quarantined FROM bad_bundles WHERE author=? AND seq=?", (author, seq)
+        ).fetchone()
+        if row:
+            self.db.execute("UPDATE bad_bundles SET reason=? WHERE author=? AND seq=?", (reason, author, seq))
+            return row[0], bool(row[1])
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO bad_bundles(author, seq, reason, first_seen) VALUES(?,?,?,?)", (author, seq, reason, now)
+        )
+        return now, False
+
+    def quarantine(self, author: str, seq: int) -> None:
+        self.db.execute("UPDATE bad_bundles SET quarantined=1 WHERE author=? AND seq=?", (author, seq))
+
+    def forget_bad_bundle(self, author: str, seq: int) -> None:
+        self.db.execute("DELETE FROM bad_bundles WHERE author=? AND seq=? AND quarantined=0", (author, seq))
+
+    def bad_bundles(self) -> list[dict[str, Any]]:
+        cols = ("author", "seq", "reason", "first_seen", "quarantined")
+        return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM bad_bundles")]
+
+    # -- versions catalogue ---------------------------------------------------
+
+    def add_version(self, path: str, digest: str, size: int, mtime_ns: int, reason: str) -> None:
+        self.db.execute(
+            "INSERT INTO versions(path, hash, size, mtime_ns, archived_at, reason) VALUES(?,?,?,?,?,?)",
+            (path, digest, size, mtime_ns, time.time(), reason),
+        )
+
+    def versions(self, path: str | None = None) -> list[dict[str, Any]]:
+        cols = ("id", "path", "hash", "size", "mtime_ns", "archived_at", "reason")
+        sql = f"SELECT {', '.join(cols)} FROM versions"
+        args: tuple[Any, ...] = ()
+        if path is not None:
+            sql += " WHERE path=?"
+            args = (path,)
+        return [dict(zip(cols, r)) for r in self.db.execute(sql + " ORDER BY id DESC", args)]
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

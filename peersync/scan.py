@@ -1,0 +1,240 @@
+"""Scanner: walk a store against its index, hash only what changed, and guard against mass deletion.
+
+A file is unchanged while its (size, mtime_ns, inode, exec bit) match the
+index. Otherwise it is hashed, with a stat before and after: a file that
+changed while being read is still being written and waits for a later scan.
+A changed file gets a new version vector from this peer's clock and a
+``local_seq`` that puts it in the outgoing queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat as statmod
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import fsutil, paths
+from . import vector as vv
+from .ignore import Ignore
+from .index import Entry, Index
+
+Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
+
+
+def _no_progress(stage: str, items: int, nbytes: int) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class ScanResult:
+    files: int = 0
+    changed: int = 0
+    hashed_bytes: int = 0
+    deleted: int = 0
+    held_deletes: int = 0
+    unstable: list[str] = dataclasses.field(default_factory=list)
+    problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (path, message, hint)
+
+
+def file_mode(st: os.stat_result) -> int:
+    """Only the executable bit syncs; Windows has none, so it keeps what the index says."""
+    return 0o755 if st.st_mode & 0o100 else 0o644
+
+
+class Scanner:
+    def __init__(self, root: Path, index: Index, ignore: Ignore, peer: str, settings: dict[str, Any],
+                 progress: Progress = _no_progress) -> None:
+        self.root = root
+        self.index = index
+        self.ignore = ignore
+        self.peer = peer
+        self.settings = settings
+        self.progress = progress
+
+    # -- one path ----------------------------------------------------------------
+
+    def _new_version(self, base: Entry | None, **fields: Any) -> Entry:
+        clock = self.index.next_clock()
+        entry = Entry(
+            path=fields.pop("path"),
+            vector=vv.bump(base.vector if base else {}, self.peer, clock),
+            modified_by=self.peer,
+            local_seq=clock,
+            **fields,
+        )
+        self.index.put(entry)
+        return entry
+
+    def _examine_file(self, rel: str, abspath: Path, st: os.stat_result, result: ScanResult) -> None:
+        entry = self.index.get(rel)
+        mode = entry.mode if (fsutil.IS_WINDOWS and entry) else file_mode(st)
+        try:
+            digest, size = fsutil.hash_file(abspath)
+            after = os.stat(abspath, follow_symlinks=False)
+        except FileNotFoundError:
+            return  # gone while we looked: the next scan sees the deletion
+        except OSError as exc:
+            if fsutil.is_locked_error(exc) or isinstance(exc, PermissionError):
+                result.problems.append((rel, "the file is locked or unreadable; it is retried every cycle",
+                                        "close the program that holds it"))
+                return
+            raise
+        result.hashed_bytes += size
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+            result.unstable.append(rel)  # still being written
+            return
+        if entry and entry.live and entry.kind == "file" and entry.hash == digest and entry.mode == mode:
+            entry.size, entry.mtime_ns, entry.inode = st.st_size, st.st_mtime_ns, st.st_ino
+            self.index.put(entry)  # touched, not changed: nothing to send
+            return
+        self._new_version(entry, path=rel, kind="file", hash=digest, size=size, mtime_ns=st.st_mtime_ns,
+                          mode=mode, inode=st.st_ino)
+        result.changed += 1
+
+    def _examine_dir(self, rel: str) -> None:
+        entry = self.index.get(rel)
+        if entry is None or entry.deleted or entry.kind != "dir":
+            self._new_version(entry, path=rel, kind="dir", mode=0o755)
+
+    def _tombstone(self, entry: Entry) -> None:
+        self._new_version(entry, path=entry.path, kind=entry.kind, deleted=True, hash=entry.hash,
+                          size=entry.size, mtime_ns=entry.mtime_ns, mode=entry.mode)
+
+    def refresh(self, rel: str) -> Entry | None:
+        """Bring one path's index row up to date with the disk (the check before an apply)."""
+        abspath = paths.join(self.root, rel)
+        entry = self.index.get(rel)
+        try:
+            st = os.stat(abspath, follow_symlinks=False)
+        except FileNotFoundError:
+            if entry and entry.live:
+                self._tombstone(entry)
+            return self.index.get(rel)
+        except NotADirectoryError:
+            return entry
+        if statmod.S_ISDIR(st.st_mode):
+            self._examine_dir(rel)
+        elif statmod.S_ISREG(st.st_mode):
+            if not (entry and entry.live and entry.kind == "file"
+                    and (entry.size, entry.mtime_ns, entry.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)):
+                self._examine_file(rel, abspath, st, ScanResult())
+        return self.index.get(rel)
+
+    # -- the whole store ------------------------------------------------------
+
+    def scan(self, allow_deletes: bool = False) -> ScanResult:
+        result = ScanResult()
+        known = self.index.stat_map()
+        seen: set[str] = set()
+        skipped_dirs: list[str] = []  # unreadable: nothing under them counts as deleted
+        stack: list[tuple[Path, str]] = [(self.root, "")]
+        with self.index.tx():
+            while stack:
+                folder, prefix = stack.pop()
+                try:
+                    entries = list(os.scandir(folder))
+                except OSError as exc:
+                    skipped_dirs.append(prefix)
+                    result.problems.append((prefix or ".", f"the folder cannot be read ({exc.strerror})",
+                                            "check its permissions"))
+                    continue
+                for de in entries:
+                    name = self._nfc_name(folder, de.name, result)
+                    if name is None:
+                        continue
+                    rel = prefix + name
+                    try:
+                        is_link = de.is_symlink()
+                        is_dir = not is_link and de.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if name.startswith(fsutil.TEMP_PREFIX):
+                        self._remove_stale_temp(Path(de.path))
+                        continue
+                    if self.ignore.ignored(rel, is_dir):
+                        continue
+                    if is_link:
+                        continue  # symlinks are never followed nor synced
+                    if not paths.is_valid(rel):
+                        result.problems.append((rel, "this name cannot be synced to every system (reserved or "
+                                                     "invalid on Windows, or too long)", "rename it"))
+                        if is_dir:
+                            skipped_dirs.append(rel + "/")
+                        continue
+                    seen.add(rel)
+                    if is_dir:
+                        old = known.get(rel)
+                        if old is None or old[1] or old[0] != "dir":
+                            self._examine_dir(rel)
+                        stack.append((Path(de.path), rel + "/"))
+                        continue
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not statmod.S_ISREG(st.st_mode):
+                        continue  # sockets, fifos, devices
+                    result.files += 1
+                    old = known.get(rel)
+                    mode_same = fsutil.IS_WINDOWS or (old is not None and old[5] == file_mode(st))
+                    if (old is not None and old[0] == "file" and not old[1] and mode_same
+                            and (old[2], old[3], old[4]) == (st.st_size, st.st_mtime_ns, st.st_ino)):
+                        continue
+                    self._examine_file(rel, Path(de.path), st, result)
+                    self.progress("hash", 1, st.st_size)
+            self._deletions(known, seen, skipped_dirs, allow_deletes, result)
+        self.progress("scan", result.files, 0)
+        return result
+
+    def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
+                   skipped_dirs: list[str], allow_deletes: bool, result: ScanResult) -> None:
+        gone = [
+            p for p, (kind, deleted, *_rest) in known.items()
+            if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
+            and not self.ignore.ignored(p, kind == "dir")
+        ]
+        gone_files = sum(1 for p in gone if known[p][0] == "file")
+        live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
+        ratio = float(self.settings["mass_delete_ratio"])
+        if (not allow_deletes and gone_files >= int(self.settings["mass_delete_min"])
+                and gone_files > ratio * live_files):
+            result.held_deletes = gone_files
+            return
+        for p in sorted(gone, reverse=True):
+            entry = self.index.get(p)
+            if entry is not None:
+                self._tombstone(entry)
+                result.deleted += 1
+
+    def _nfc_name(self, folder: Path, name: str, result: ScanResult) -> str | None:
+        """The NFC form of a name on disk, renaming the file to it where that is safe."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            result.problems.append((name.encode("utf-8", "backslashreplace").decode(),
+                                    "this name is not valid UTF-8 and cannot sync", "rename it"))
+            return None
+        nfc = unicodedata.normalize("NFC", name)
+        if nfc == name:
+            return name
+        try:
+            if not os.path.lexists(folder / nfc):
+                os.rename(folder / name, folder / nfc)
+                return nfc
+        except OSError:
+            pass
+        result.problems.append((name, "two names here differ only in Unicode normalisation", "rename one of them"))
+        return None
+
+    @staticmethod
+    def _remove_stale_temp(path: Path) -> None:
+        """peersync's temporary files are its own: one left by a crash is removed."""
+        try:
+            if path.is_file():
+                path.unlink()
+        except OSError:
+            pass
