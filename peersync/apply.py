@@ -135,7 +135,7 @@ class Applier:
             elif m["op"] == "put" and m["content"] == "parts":
                 self._start_parts(author, m, rec.data)
             else:
-                self._run(m, rec.data if m["op"] == "put" else None)
+                self._run(m, rec.data if m["op"] == "put" and m["content"] == "inline" else None)
 
     def _run(self, m: dict[str, Any], data: bytes | Path | None) -> None:
         """Apply one operation; on Retry keep it pending, on Skip report it."""
@@ -168,6 +168,8 @@ class Applier:
             if data != target:
                 self.staging.mkdir(parents=True, exist_ok=True)
                 os.replace(data, target)
+        elif hashlib.sha256(data).hexdigest() != m["hash"]:
+            return ""  # never keep content under a hash it does not have
         elif not target.exists():
             fsutil.atomic_write(target, data)
         return str(target)
