@@ -399,7 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"peersync {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more, also to stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    # The same options after the command name ("peersync run --quiet"); SUPPRESS keeps the
+    # value given before the command when they are not repeated after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("init", help="make a folder a new store")
     s.add_argument("store_dir")

@@ -31,10 +31,10 @@ class PeersyncError(Exception):
 
     def sentence(self) -> str:
         """The one line the CLI prints: what failed, then what to do."""
-        text = self.message.rstrip(".") + "."
+        text = self.message.rstrip(".")
         if self.hint:
-            text += " " + self.hint.rstrip(".") + "."
-        return text
+            text += "; " + self.hint.rstrip(".")
+        return text + "."
 
 
 class UsageError(PeersyncError):
