@@ -190,15 +190,18 @@ class Applier:
     def _part(self, author: str, m: dict[str, Any], data: bytes) -> None:
         current = self.index.partial(author)
         if current is None or current[0]["path"] != m["path"] or current[0]["hash"] != m["hash"]:
-            raise BadBundle(f"bundle continues a file ({m['path']}) that was never started")
+            return  # the rest of a file its author gave up sending (it changed meanwhile)
         meta, staged, written = current
         offset = m.get("offset", -1)
         if offset + len(data) <= written:
             return  # already written before a restart
-        if offset != written:
-            raise BadBundle(f"part of {m['path']} at offset {offset}, expected {written}")
-        if written + len(data) > meta["size"]:
-            raise BadBundle(f"parts of {m['path']} exceed its declared size")
+        if offset != written or written + len(data) > meta["size"]:
+            with self.index.tx():  # parts that do not fit: drop the file; its next version comes whole
+                self.index.clear_partial(author)
+                self.index.record_error(f"apply:{m['path']}", "apply", m["path"],
+                                        f"the parts of {m['path']} did not fit together and were dropped",
+                                        "it is sent again when it next changes")
+            return
         with open(staged, "r+b") as f:
             f.seek(offset)
             f.write(data)

@@ -32,6 +32,9 @@ log = logging.getLogger("peersync")
 
 Progress = Callable[[str, int, int], None]
 
+# A heartbeat unchanged for this long is rewritten anyway, so peers can tell a silent peer.
+HEARTBEAT_SECONDS = 300
+
 
 def _quiet(stage: str, items: int, nbytes: int) -> None:
     pass
@@ -336,7 +339,7 @@ class Engine:
             for _p, meta, _s, _r, _f, _a in self.index.pending()
             if meta.get("op") == "put" and meta.get("content") == "ref"
         ]
-        body = {
+        body: dict[str, Any] = {
             "name": self.ident.name,
             "applied": self.index.applied(),
             "published": self.index.meta_int("last_bundle_seq"),
@@ -344,10 +347,19 @@ class Engine:
             "errors": len(report.errors),
             "wants": wants[:1000],
         }
+        # Rewrite only when something changed or it is getting old: every rewrite is an upload.
+        digest = hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()
+        last = float(self.index.get_meta("heartbeat_at") or 0)
+        if digest == self.index.get_meta("heartbeat_digest") and time.time() - last < HEARTBEAT_SECONDS:
+            return
         try:
             self.relay.write_heartbeat(self.ident.peer_id, body, self.ident.key)
         except OSError as exc:
             log.warning("cannot write heartbeat: %s", exc)
+            return
+        with self.index.tx():
+            self.index.set_meta("heartbeat_digest", digest)
+            self.index.set_meta("heartbeat_at", time.time())
 
     # -- what status shows ------------------------------------------------------------
 
