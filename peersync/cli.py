@@ -26,7 +26,9 @@ from . import __version__, fsutil, paths
 from .engine import CycleReport, Engine
 from .errors import PeersyncError, RefusedError, UsageError
 from .index import Index
-from .service import ServiceLock, install_signal_handlers, run_loop
+from .progress import reporter_for
+from .schedule import parse as parse_schedule
+from .service import Lock, Watched, install_signal_handlers, run_loop
 from .state import State
 from .store import init_store, join_store, make_invite, resolve_path
 
@@ -118,22 +120,32 @@ def _engines(state: State, which: str | None, exclude: tuple[str, ...] = ()) -> 
     return [Engine(state, cfg, ident, exclude=exclude) for cfg in state.find_stores(which)]
 
 
+def _print_report(report: CycleReport, quiet: bool = False) -> None:
+    if not quiet or not report.ok:
+        _out(_report_line(report))
+    if not quiet:
+        for w in report.waiting:
+            _out(f"  … waiting: {w}")
+    for e in report.errors:
+        print(f"  ✗ {e['subject']}: {e['message']}" + (f" — {e['hint']}" if e["hint"] else ""), file=sys.stderr)
+
+
 def cmd_sync(state: State, args: argparse.Namespace) -> int:
-    lock = ServiceLock(state)
+    """One cycle now, whatever the schedule; if the service runs, between two of its cycles."""
+    lock = Lock(state, "cycle")
     lock.acquire(timeout=args.wait, what="finish its cycle")
     status = 0
     try:
-        for engine in _engines(state, args.store, tuple(args.exclude or ())):
+        for engine in _engines(state, args.store):
+            reporter = reporter_for(sys.stderr, args.quiet)
+            engine.progress = reporter
+            reporter.begin(engine.cfg.name)
             try:
-                report = engine.cycle(allow_deletes=args.allow_deletes)
+                report = engine.cycle(allow_deletes=args.allow_deletes, exclude=tuple(args.exclude or ()))
             finally:
+                reporter.end()
                 engine.close()
-            _out(_report_line(report))
-            for w in report.waiting:
-                _out(f"  … waiting: {w}")
-            for e in report.errors:
-                print(f"  ✗ {e['subject']}: {e['message']}" + (f" — {e['hint']}" if e["hint"] else ""),
-                      file=sys.stderr)
+            _print_report(report, args.quiet)
             if not report.ok:
                 status = 1
     finally:
@@ -142,36 +154,54 @@ def cmd_sync(state: State, args: argparse.Namespace) -> int:
 
 
 def cmd_run(state: State, args: argparse.Namespace) -> int:
-    lock = ServiceLock(state)
-    lock.acquire(timeout=0, what="keep running")
+    service = Lock(state, "service")
+    service.acquire(timeout=0, what="keep running")
     stop = threading.Event()
     install_signal_handlers(stop)
+    cycle_lock = Lock(state, "cycle")
     try:
-        engines = _engines(state, args.store)
+        engines = {e.cfg.id: e for e in _engines(state, args.store)}
         settings = state.settings()
-        log.info("service started for %s", ", ".join(e.cfg.name for e in engines))
-        _out(f"peersync {__version__} is syncing {', '.join(e.cfg.name for e in engines)}; Ctrl-C stops it.")
+        watched = [
+            Watched(e.cfg.id, e.cfg.root, e.relay.root, e.relay.peer_dir(e.ident.peer_id),
+                    parse_schedule(str(state.settings(e.cfg)["schedule"])),
+                    last_sync=float(e.index.get_meta("last_sync") or 0))
+            for e in engines.values()
+        ]
+        names = ", ".join(f"{e.cfg.name} ({w.schedule})" for e, w in zip(engines.values(), watched))
+        log.info("service started (pid %s) for %s", os.getpid(), names)
+        if not args.quiet:
+            _out(f"peersync {__version__} is syncing {names}; Ctrl-C stops it.")
 
-        def cycle(full: bool) -> None:
-            for engine in engines:
-                if stop.is_set():
-                    return
-                try:
-                    report = engine.cycle()
-                except PeersyncError as exc:
-                    log.error("%s: %s", engine.cfg.name, exc.sentence())
-                    continue
-                if report.applied_ops or report.published_ops or report.errors:
-                    log.info(_report_line(report))
-                    if not args.quiet:
-                        _out(_report_line(report))
+        def cycle(w: Watched, full: bool) -> float | None:
+            engine = engines[w.key]
+            delay = float(state.settings(engine.cfg)["delete_delay_seconds"])
+            try:
+                cycle_lock.acquire(timeout=600, what="finish")
+            except PeersyncError:
+                return 1.0
+            try:
+                report = engine.cycle(delete_delay=delay)
+            except PeersyncError as exc:
+                log.error("%s: %s", engine.cfg.name, exc.sentence())
+                return 5.0
+            finally:
+                cycle_lock.release()
+            if report.applied_ops or report.published_ops or report.errors or report.paused:
+                log.info(_report_line(report))
+                if not args.quiet:
+                    _out(_report_line(report))
+            if report.deferred_deletes:
+                return delay
+            if report.unstable:
+                return 1.0
+            return None
 
-        run_loop(cycle, [e.cfg.root for e in engines], [e.relay.root for e in engines],
-                 [e.relay.peer_dir(e.ident.peer_id) for e in engines], settings, stop)
-        for e in engines:
+        run_loop(watched, cycle, settings, stop)
+        for e in engines.values():
             e.close()
     finally:
-        lock.release()
+        service.release()
     log.info("service stopped")
     return 0
 
@@ -303,7 +333,7 @@ def cmd_doctor(state: State, args: argparse.Namespace) -> int:
     except PeersyncError as exc:
         add("identity", "fail", exc.message, exc.hint)
         ident = None
-    holder = ServiceLock(state).holder() if state.root.exists() else None
+    holder = Lock(state, "service").holder() if state.root.exists() else None
     add("service", "ok" if holder else "warn",
         f"service running (pid {holder})" if holder else "the service is not running",
         "" if holder else "start it with `peersync run` or install it as a service")

@@ -50,6 +50,8 @@ class CycleReport:
     applied_ops: int = 0
     conflicts: int = 0
     held_deletes: int = 0
+    deferred_deletes: int = 0
+    unstable: int = 0
     waiting: list[str] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paused: str = ""
@@ -76,19 +78,24 @@ class Engine:
         self.archive = Archive(state.versions_dir(cfg.id), self.index)
         self.staging = state.store_dir(cfg.id) / "staging"
         self.quarantine_dir = state.store_dir(cfg.id) / "quarantine"
+        self.missing_since: dict[str, float] = {}  # kept across the service's cycles
 
     def close(self) -> None:
         self.index.close()
 
-    def _parts(self) -> tuple[Ignore, Scanner, Applier]:
-        ignore = Ignore(self.cfg.root, self.exclude)
-        scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress)
+    def _parts(self, exclude: tuple[str, ...] = (), delete_delay: float = 0.0) -> tuple[Ignore, Scanner, Applier]:
+        ignore = Ignore(self.cfg.root, self.exclude + exclude)
+        scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress,
+                          self.missing_since, delete_delay)
         applier = Applier(self.cfg.root, self.index, scanner, self.archive, ignore, self.ident.peer_id, self.staging)
         return ignore, scanner, applier
 
     # -- the cycle ------------------------------------------------------------
 
-    def cycle(self, allow_deletes: bool = False) -> CycleReport:
+    def cycle(self, allow_deletes: bool = False, exclude: tuple[str, ...] = (),
+              delete_delay: float = 0.0) -> CycleReport:
+        """One full cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent."""
+        self.settings = self.state.settings(self.cfg)
         report = CycleReport(self.cfg.name)
         with self.index.tx():
             self.index.set_meta("cycle", self.index.meta_int("cycle") + 1)
@@ -101,7 +108,7 @@ class Engine:
             with self.index.tx():
                 self.index.record_error("store:paused", "store", self.cfg.name, exc.message, exc.hint)
             return self._finish(report, ok=False)
-        _, scanner, applier = self._parts()
+        _, scanner, applier = self._parts(exclude, delete_delay)
         applier.recover_intents()
         self._scan(scanner, report, allow_deletes)
         try:
@@ -132,6 +139,7 @@ class Engine:
     def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool) -> None:
         result = scanner.scan(allow_deletes=allow_deletes)
         report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
+        report.deferred_deletes, report.unstable = result.deferred_deletes, len(result.unstable)
         with self.index.tx():
             self.index.clear_errors("scan:")
             for path, message, hint in result.problems:
@@ -176,6 +184,7 @@ class Engine:
 
         for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
             for rec in self._records(entry, scanner, gone_hashes if top else {}):
+                self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
                 if batch and batch_size + rec.encoded_size > max_bytes:
                     flush()
                 batch.append(rec)
@@ -278,11 +287,12 @@ class Engine:
                         break
                     seq += 1
                     continue
+                before = applier.applied_ops
                 applier.apply_records(peer, records)
+                self.progress("apply", applier.applied_ops - before, header.payload_size)
                 with self.index.tx():
                     self.index.set_applied(peer, seq)
                     self.index.forget_bad_bundle(peer, seq)
-                self.progress("apply", len(records), header.payload_size)
                 seq += 1
             if found and max(found) >= seq and seq not in found:
                 report.waiting.append(f"bundle {seq} of peer {peer[:7]} has not arrived yet")

@@ -19,9 +19,15 @@ IGNORE_FILE = ".peersyncignore"
 BUILTIN = [
     f"/{MARKER}",
     ".peersync-tmp-*",
-    # Office owner files ("~$Quote.docx") and Word/Excel save temporaries ("~WRL0001.tmp").
+    # Office owner files ("~$Quote.docx") and save temporaries: Word "~WRD0000.tmp" and
+    # "~WRL0001.tmp", PowerPoint "ppt1A2B.tmp", Excel an 8-hex-digit name with or without ".tmp".
     "~$*",
     "~*.tmp",
+    "ppt*.tmp",
+    "[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F]",
+    "[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F].tmp",
+    # LibreOffice save temporaries ("lu12345abcd.tmp").
+    "lu*.tmp",
     # LibreOffice lock files (".~lock.Quote.odt#").
     ".~lock.*#",
     # Operating system litter.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat as statmod
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ class ScanResult:
     changed: int = 0
     hashed_bytes: int = 0
     deleted: int = 0
+    deferred_deletes: int = 0
     held_deletes: int = 0
     unstable: list[str] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (path, message, hint)
@@ -47,8 +49,13 @@ def file_mode(st: os.stat_result) -> int:
 
 class Scanner:
     def __init__(self, root: Path, index: Index, ignore: Ignore, peer: str, settings: dict[str, Any],
-                 progress: Progress = _no_progress) -> None:
+                 progress: Progress = _no_progress, missing_since: dict[str, float] | None = None,
+                 delete_delay: float = 0.0) -> None:
         self.root = root
+        # When each missing path was first seen missing: a deletion is sent only once the path
+        # has stayed missing for ``delete_delay`` seconds (kept across cycles by the service).
+        self.missing_since = missing_since if missing_since is not None else {}
+        self.delete_delay = delete_delay
         self.index = index
         self.ignore = ignore
         self.peer = peer
@@ -179,6 +186,7 @@ class Scanner:
                     if not statmod.S_ISREG(st.st_mode):
                         continue  # sockets, fifos, devices
                     result.files += 1
+                    self.progress("scan", 1, 0)
                     old = known.get(rel)
                     mode_same = fsutil.IS_WINDOWS or (old is not None and old[5] == file_mode(st))
                     if (old is not None and old[0] == "file" and not old[1] and mode_same
@@ -187,7 +195,6 @@ class Scanner:
                     self._examine_file(rel, Path(de.path), st, result)
                     self.progress("hash", 1, st.st_size)
             self._deletions(known, seen, skipped_dirs, allow_deletes, result)
-        self.progress("scan", result.files, 0)
         return result
 
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
@@ -204,7 +211,15 @@ class Scanner:
                 and gone_files > ratio * live_files):
             result.held_deletes = gone_files
             return
+        now = time.monotonic()
+        for p in list(self.missing_since):
+            if p not in gone:
+                del self.missing_since[p]  # back (an editor's save finished): no deletion
         for p in sorted(gone, reverse=True):
+            if self.delete_delay and now - self.missing_since.setdefault(p, now) < self.delete_delay:
+                result.deferred_deletes += 1
+                continue
+            self.missing_since.pop(p, None)
             entry = self.index.get(p)
             if entry is not None:
                 self._tombstone(entry)

@@ -9,6 +9,8 @@ checked between atomic steps, so the loop ends after the current cycle.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import os
 import signal
@@ -24,24 +26,39 @@ from watchdog.observers import Observer
 
 from .errors import RefusedError
 from .fsutil import TEMP_PREFIX
+from .schedule import Schedule
 from .state import State
 
 log = logging.getLogger("peersync")
 
 
-class ServiceLock:
-    """Exactly one running sync or service per state folder; the holder's pid is readable."""
+class Lock:
+    """A named lock in the state folder whose holder's pid is readable.
 
-    def __init__(self, state: State) -> None:
+    ``service`` is held for the whole life of `peersync run`: one service per
+    state folder. ``cycle`` is held during every sync cycle, by the service
+    and by `peersync sync` alike, so a manual sync runs between two of the
+    service's cycles ("sync now") and never inside one.
+    """
+
+    def __init__(self, state: State, name: str = "service") -> None:
         state.root.mkdir(parents=True, exist_ok=True)
-        self._lock = filelock.FileLock(str(state.root / "service.lock"))
-        self._pid_file = state.root / "service.pid"
+        self._lock = filelock.FileLock(str(state.root / f"{name}.lock"))
+        self._pid_file = state.root / f"{name}.pid"
 
     def holder(self) -> int | None:
         try:
             return int(self._pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+
+    def held_by_other(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return True
+        self._lock.release()
+        return False
 
     def acquire(self, timeout: float, what: str) -> None:
         try:
@@ -59,87 +76,136 @@ class ServiceLock:
             self._lock.release()
 
 
+ServiceLock = Lock
+
+
+@dataclasses.dataclass
+class Watched:
+    """What the loop keeps for one store."""
+
+    key: str
+    store_dir: Path
+    relay_dir: Path
+    own_dir: Path  # this peer's own folder in the relay: its own writes there are no news
+    schedule: Schedule
+    last_sync: float = 0.0  # wall clock of the last cycle, for scheduled stores
+    dirty: bool = True
+    first_event: float = 0.0
+    last_event: float = 0.0
+    last_full: float = -1e18
+    retry_at: float | None = None
+    next_poll: float = 0.0
+    relay_seen: tuple[Any, ...] = ()
+
+
 class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event, own: list[str]) -> None:
+    def __init__(self, watched: Watched, event: threading.Event) -> None:
+        self.watched = watched
         self.event = event
-        self.own = own  # this peer's own relay folders: its writes there are no news
+        self.own = str(watched.own_dir) + os.sep
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = str(event.src_path)
-        name = os.path.basename(path)
-        if name.startswith(TEMP_PREFIX) or event.event_type in ("opened", "closed_no_write"):
+        if os.path.basename(path).startswith(TEMP_PREFIX) or event.event_type in ("opened", "closed_no_write"):
             return
-        if any(path.startswith(o) for o in self.own):
+        if path.startswith(self.own):
             return
+        now = time.monotonic()
+        w = self.watched
+        if not w.dirty:
+            w.first_event = now
+        w.last_event = now
+        w.dirty = True
         self.event.set()
 
 
-def relay_fingerprint(relay_dirs: list[Path], own: list[str]) -> tuple[Any, ...]:
-    """A cheap summary of the relay's bundle folders: changes when a bundle arrives or grows."""
+def relay_fingerprint(relay_dir: Path, own_dir: Path) -> tuple[Any, ...]:
+    """A cheap summary of the relay's peer folders: it changes when a bundle or heartbeat arrives."""
     out: list[Any] = []
-    for root in relay_dirs:
-        peers = root / "peers"
-        try:
-            for peer in os.scandir(peers):
-                if any(peer.path.startswith(o.rstrip(os.sep)) for o in own):
-                    continue
-                for sub in ("bundles", ""):
-                    folder = os.path.join(peer.path, sub) if sub else peer.path
-                    try:
-                        for f in os.scandir(folder):
-                            if f.is_file():
-                                st = f.stat()
-                                out.append((f.path, st.st_size, st.st_mtime_ns))
-                    except OSError:
-                        pass
-        except OSError:
-            pass
+    try:
+        peers = list(os.scandir(relay_dir / "peers"))
+    except OSError:
+        return ()
+    for peer in peers:
+        if peer.path == str(own_dir):
+            continue
+        for folder in (peer.path, os.path.join(peer.path, "bundles")):
+            try:
+                for f in os.scandir(folder):
+                    if f.is_file():
+                        st = f.stat()
+                        out.append((f.path, st.st_size, st.st_mtime_ns))
+            except OSError:
+                pass
     return tuple(sorted(out))
 
 
+def _due(w: Watched, now: float, settings: dict[str, Any]) -> tuple[bool, bool]:
+    """(cycle now?, full rescan?) for a continuously synced store."""
+    debounce = float(settings["debounce_seconds"])
+    full = now - w.last_full >= float(settings["rescan_seconds"])
+    if full:
+        return True, True
+    if w.dirty and (now - w.last_event >= debounce or now - w.first_event >= 20 * debounce):
+        return True, False
+    if w.retry_at is not None and now >= w.retry_at:
+        return True, False
+    if now >= w.next_poll:
+        w.next_poll = now + float(settings["poll_seconds"])
+        seen = relay_fingerprint(w.relay_dir, w.own_dir)
+        if seen != w.relay_seen:
+            w.relay_seen = seen
+            return True, False
+    return False, False
+
+
 def run_loop(
-    cycle: Callable[[bool], None],
-    store_dirs: list[Path],
-    relay_dirs: list[Path],
-    own_dirs: list[Path],
+    watched: list[Watched],
+    cycle: Callable[[Watched, bool], float | None],
     settings: dict[str, Any],
     stop: threading.Event,
 ) -> None:
-    """Call ``cycle(full_rescan)`` whenever something may have changed, until ``stop`` is set."""
+    """Call ``cycle(store, full_rescan)`` whenever a store is due, until ``stop`` is set.
+
+    ``cycle`` returns the seconds after which it wants to run again
+    (deletions held back, files still being written) or None.
+    """
     wake = threading.Event()
-    own = [str(d) + os.sep for d in own_dirs]
     observer = Observer()
-    for folder in store_dirs + relay_dirs:
-        if folder.is_dir():
+    for w in watched:
+        if not w.schedule.continuous:
+            continue
+        for folder in (w.store_dir, w.relay_dir):
             try:
-                observer.schedule(_Wake(wake, own), str(folder), recursive=True)
+                if folder.is_dir():
+                    observer.schedule(_Wake(w, wake), str(folder), recursive=True)
             except OSError as exc:
                 log.warning("cannot watch %s (%s); polling instead", folder, exc)
     observer.start()
-    poll = float(settings["poll_seconds"])
-    debounce = float(settings["debounce_seconds"])
-    rescan = float(settings["rescan_seconds"])
-    last_full = 0.0
-    seen_relay = None
     try:
         while not stop.is_set():
-            now = time.monotonic()
-            full = now - last_full >= rescan
-            wake.clear()
-            cycle(full)
-            if full:
-                last_full = now
-            seen_relay = relay_fingerprint(relay_dirs, own)
-            deadline = time.monotonic() + poll
-            while not stop.is_set():
-                if wake.wait(timeout=min(0.25, max(0.0, deadline - time.monotonic()))):
-                    time.sleep(debounce)  # let a burst of saves finish
+            for w in watched:
+                if stop.is_set():
                     break
-                if time.monotonic() >= deadline:
-                    current = relay_fingerprint(relay_dirs, own)
-                    if current != seen_relay or time.monotonic() - last_full >= rescan:
-                        break
-                    deadline = time.monotonic() + poll
+                now = time.monotonic()
+                if w.schedule.continuous:
+                    due, full = _due(w, now, settings)
+                else:
+                    nxt = w.schedule.next_due(datetime.datetime.fromtimestamp(w.last_sync))
+                    due, full = nxt is not None and datetime.datetime.now() >= nxt, True
+                if not due:
+                    continue
+                w.dirty = False
+                w.retry_at = None
+                again = cycle(w, full)
+                w.last_sync = time.time()
+                if full:
+                    w.last_full = now
+                if again is not None:
+                    w.retry_at = time.monotonic() + again
+                w.relay_seen = relay_fingerprint(w.relay_dir, w.own_dir)
+            wake.wait(timeout=0.1)
+            wake.clear()
     finally:
         observer.stop()
         observer.join(timeout=5)

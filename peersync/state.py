@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
     "debounce_seconds": 0.2,
     # Seconds between relay polls while `peersync run` waits.
     "poll_seconds": 2.0,
+    # Seconds a file must stay missing before `peersync run` sends its deletion:
+    # editors save by renaming the original away and a new file into place.
+    "delete_delay_seconds": 2.0,
+    # When the service syncs this store: continuous, every 15m, hourly,
+    # daily 18:30, weekly mon 09:00 or manual (see peersync/schedule.py).
+    "schedule": "continuous",
     # Extra gitignore-style patterns never synced (besides .peersyncignore).
     "exclude": [],
 }
@@ -243,6 +249,10 @@ class State:
             raise UsageError(f"setting {key} needs a {type(default).__name__}, not {value!r}") from exc
         if key in MAX_SETTING and parsed > MAX_SETTING[key]:
             raise UsageError(f"setting {key} may be at most {MAX_SETTING[key]}")
+        if key == "schedule":
+            from .schedule import parse
+
+            parsed = str(parse(parsed))
         data = self._config()
         if store is None:
             data["settings"][key] = parsed
