@@ -215,7 +215,18 @@ class Applier:
             self._run(meta, Path(staged))
 
     def retry_pending(self) -> None:
-        for path, meta, staged, _reason, _first, _attempts in self.index.pending():
+        for path, meta, staged, reason, _first, attempts in self.index.pending():
+            if attempts >= 3 and "does not match its hash" in reason and meta["op"] == "put":
+                # Third failure with content that will not verify: drop it and fetch it again.
+                if staged:
+                    Path(staged).unlink(missing_ok=True)
+                meta = dict(meta, content="ref")
+                staged = ""
+                with self.index.tx():
+                    self.index.add_pending(path, meta, "", "its content is fetched again")
+                    self.index.add_correction(path, "the content received did not match its hash three times; "
+                                                    "dropped it and asked its author to send it again")
+                continue
             local = self.index.get(path)
             if local and vv.compare(meta["vector"], local.vector) in (vv.Order.BEFORE, vv.Order.EQUAL):
                 with self.index.tx():

@@ -213,23 +213,34 @@ def cmd_status(state: State, args: argparse.Namespace) -> int:
             summaries.append(engine.summary())
         finally:
             engine.close()
+    service = Lock(state, "service")
+    running = service.held_by_other()
     if args.json:
-        _out(json.dumps({"version": 1, "peer": state.identity().peer_id, "stores": summaries}, indent=2))
+        _out(json.dumps({"version": 1, "peer": state.identity().peer_id,
+                         "service": {"running": running, "pid": service.holder() if running else None},
+                         "stores": summaries}, indent=2))
         return 0
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"service: {'running (pid ' + str(service.holder()) + ')' if running else '[yellow]not running[/]'}")
     for s in summaries:
-        mark = "✓" if s["last_sync_ok"] else "✗"
-        _out(f"{mark} {s['name']}  {s['path']}")
-        _out(f"  relay {s['relay']}")
-        _out(f"  last sync {_when(s['last_sync'])}; pending out {s['pending_out']}, in {s['pending_in']}")
+        ok = s["last_sync_ok"] and not s["errors"]
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        console.print(f"{mark} [bold]{escape(s['name'])}[/]  {escape(s['path'])}  [dim](schedule {s['schedule']})[/]")
+        console.print(f"    last sync {_when(s['last_sync'])}"
+                      f"{'' if s['last_sync_ok'] or not s['last_sync'] else ' [red]with errors[/]'}; "
+                      f"pending out {s['pending_out']}, in {s['pending_in']}")
         for p in s["peers"]:
-            _out(f"  peer {p['name']} ({p['id'][:7]}) last seen {_when(p['last_seen'])}"
-                 + (f", {p['bundles_behind']} bundles to apply" if p["bundles_behind"] else ""))
+            behind = f", {p['bundles_behind']} bundles to apply" if p["bundles_behind"] else ""
+            console.print(f"    peer {escape(p['name'])} ({p['id'][:7]}) last seen {_when(p['last_seen'])}{behind}")
         for peer, problem in s["unknown_peers"].items():
-            _out(f"  ! unknown peer folder {peer[:7]}: {problem}")
+            console.print(f"    [yellow]! unknown peer folder {peer[:7]}: {escape(problem)}[/]")
         if s["conflicts"]:
-            _out(f"  {len(s['conflicts'])} conflict copies (peersync conflicts)")
+            console.print(f"    [yellow]{len(s['conflicts'])} conflict copies[/] (peersync conflicts)")
         for e in s["errors"]:
-            _out(f"  ✗ {e['subject']}: {e['message']}")
+            console.print(f"    [red]✗ {escape(e['subject'])}: {escape(e['message'])}[/]")
     return 0
 
 
@@ -251,12 +262,133 @@ def cmd_errors(state: State, args: argparse.Namespace) -> int:
                     engine.index.clear_errors()
                 _out(f"{engine.cfg.name}: errors cleared; the next sync reports what is still wrong.")
                 continue
-            for e in engine.index.errors():
-                _out(f"{engine.cfg.name}: {e['subject']}: {e['message']}")
-                _out(f"  since {_when(e['first_seen'])}, {e['cycles']} cycles; {e['hint'] or 'it is retried'}")
+            errors = engine.index.errors()
+            if not errors:
+                _out(f"✓ {engine.cfg.name}: no errors.")
+            for e in errors:
+                _out(f"✗ {engine.cfg.name}: {e['subject']}: {e['message']}")
+                _out(f"    since {_when(e['first_seen'])}, failed {e['cycles']} cycle"
+                     f"{'s' if e['cycles'] != 1 else ''}; to do: {e['hint'] or 'nothing, it is retried every cycle'}")
+            for c in engine.index.corrections()[-10:]:
+                _out(f"↻ {engine.cfg.name}: {_when(c['time'])}: {c['subject']}: {c['action']}")
         finally:
             engine.close()
     return 0
+
+
+def _queue_items(engine: Engine) -> list[tuple[int, str, str, int]]:
+    """(number, operation, path, size) in the order they will be sent."""
+    items = []
+    for n, e in enumerate(engine.index.outgoing(), 1):
+        op = "delete" if e.deleted else "mkdir" if e.kind == "dir" else "put"
+        items.append((n, op, e.path, 0 if e.deleted or e.kind == "dir" else e.size))
+    return items
+
+
+def cmd_queue(state: State, args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if words and words[0] == "drop":
+        if len(words) != 2:
+            raise UsageError("say which item to drop: `peersync queue drop ITEM` (its number or path)")
+        return _queue_drop(state, words[1], args.store, args.yes)
+    if len(words) > 1:
+        raise UsageError("`peersync queue` takes at most one store")
+    store = words[0] if words else args.store
+    lock = Lock(state, "cycle")
+    lock.acquire(timeout=60, what="finish its cycle")
+    try:
+        engines = _engines(state, store)
+        for engine in engines:
+            engine.scan_only()
+    finally:
+        lock.release()
+    for engine in engines:
+        try:
+            items = _queue_items(engine)
+            _out(f"{engine.cfg.name}: {len(items)} changes to send" + (":" if items else ""))
+            for n, op, path, size in items:
+                _out(f"{n:5}  {op:<6}  {path}" + (f"  ({size} bytes)" if size else ""))
+        finally:
+            engine.close()
+    return 0
+
+
+def _queue_drop(state: State, item: str, store: str | None, yes: bool) -> int:
+    engines = _engines(state, store)
+    try:
+        if len(engines) > 1 and item.isdigit():
+            raise UsageError("several stores have queues", "name the store with --store")
+        for engine in engines:
+            items = _queue_items(engine)
+            match = [i for i in items if str(i[0]) == item or i[2] == item.replace(os.sep, "/")]
+            if not match:
+                continue
+            n, op, path, _size = match[0]
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise UsageError(f"dropping {path} from the queue needs confirmation", "add --yes")
+                answer = input(f"Drop '{op} {path}' from {engine.cfg.name}'s queue? It stays local until it "
+                               "changes again. [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    _out("Nothing dropped.")
+                    return 0
+            with engine.index.tx():
+                engine.index.drop_outgoing(path)
+            _out(f"Dropped {op} {path}: it stays on this peer until it changes again.")
+            return 0
+        raise UsageError(f"no queued change {item!r}", "see `peersync queue`")
+    finally:
+        for e in engines:
+            e.close()
+
+
+def cmd_reset(state: State, args: argparse.Namespace) -> int:
+    """Clear half-synced state so the next cycle redoes it from the files on disk; loses nothing."""
+    if args.all == bool(args.path):
+        raise UsageError("name a file or folder to reset, or use --all")
+    if args.all:
+        targets = [(e, None) for e in _engines(state, args.store)]
+    else:
+        cfg, rel = resolve_path(state, args.path)
+        targets = [(Engine(state, cfg, state.identity()), rel)]
+    lock = Lock(state, "cycle")
+    lock.acquire(timeout=60, what="finish its cycle")
+    try:
+        for engine, rel in targets:
+            _reset(engine, rel)
+            engine.close()
+            _out(f"Reset {rel or 'everything'} in {engine.cfg.name}; the next sync redoes it from the files on disk.")
+    finally:
+        lock.release()
+    return 0
+
+
+def _reset(engine: Engine, rel: str | None) -> None:
+    index = engine.index
+
+    def hit(path: str) -> bool:
+        return rel is None or path == rel or path.startswith(rel + "/")
+
+    with index.tx():
+        for path, meta, staged, _reason, _first, _n in index.pending():
+            if not hit(path):
+                continue
+            if staged and Path(staged).exists() and meta.get("op") == "put":
+                # The remote version that could not be applied is set aside, not lost.
+                engine.archive.keep(Path(staged), path, meta["hash"], meta["size"], meta["mtime_ns"],
+                                    "reset: remote version set aside")
+            index.drop_pending(path)
+        for intent in index.intents():
+            if hit(intent.path):
+                index.drop_intent(intent.path)
+        for author, in list(index.db.execute("SELECT author FROM partials")):
+            partial = index.partial(author)
+            if partial and hit(partial[0]["path"]):
+                index.clear_partial(author)
+        for e in index.errors():
+            if rel is None or hit(e["subject"]) or e["key"] in (f"apply:{rel}", f"scan:{rel}"):
+                index.clear_error(e["key"])
+        index.forget_stat(rel)
 
 
 def _versions_of(state: State, target: str) -> tuple[Any, str, Index, list[dict[str, Any]]]:
@@ -495,6 +627,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", nargs="?")
     s.add_argument("--clear", action="store_true", help="forget reported errors (those still true come back)")
     s.set_defaults(func=cmd_errors)
+
+    s = sub.add_parser("queue", help="list the changes waiting to be sent; `queue drop ITEM` removes one")
+    s.add_argument("words", nargs="*", metavar="STORE | drop ITEM")
+    s.add_argument("--store", help="the store, with drop")
+    s.add_argument("--yes", action="store_true", help="drop without asking")
+    s.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("reset", help="clear a half-synced item so the next cycle redoes it from disk")
+    s.add_argument("path", nargs="?")
+    s.add_argument("--all", action="store_true", help="every item of every store (or of --store)")
+    s.add_argument("--store")
+    s.set_defaults(func=cmd_reset)
 
     s = sub.add_parser("config", help="show or change settings")
     s.add_argument("key", nargs="?")

@@ -127,6 +127,15 @@ class Engine:
         applier.clean_staging()
         return self._finish(report, ok=True)
 
+    def scan_only(self) -> CycleReport:
+        """Record local changes in the queue without sending anything (for `peersync queue`)."""
+        report = CycleReport(self.cfg.name)
+        check_marker(self.cfg, self.ident)
+        _, scanner, applier = self._parts()
+        applier.recover_intents()
+        self._scan(scanner, report, allow_deletes=False)
+        return report
+
     def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
         report.errors = self.index.errors()
         with self.index.tx():
@@ -250,7 +259,7 @@ class Engine:
                 continue
             beat = self.relay.read_heartbeat(peer, rec.public_key)
             for want in (beat or {}).get("wants", [])[:1000]:
-                key = f"answered:{peer}:{want.get('hash')}"
+                key = f"answered:{peer}:{want.get('hash')}:{want.get('round', 0)}"
                 if self.index.get_meta(key):
                     continue
                 for e in self.index.find_by_hash(str(want.get("hash"))):
@@ -317,12 +326,24 @@ class Engine:
                             report: CycleReport) -> bool:
         """Wait for a bundle that may still be arriving; quarantine it once that is unlikely.
 
-        Returns True while waiting (stop reading this peer), False once it is set aside.
+        A bundle shorter than it declares is waited for ``bundle_grace_seconds``.
+        One of full size that fails its signature is waited for three cycles in
+        which it does not change, then quarantined. One that fails any other
+        check is quarantined at once. Returns True while waiting (stop reading
+        this peer), False once it is set aside.
         """
-        retryable = isinstance(exc, IncompleteBundle) or getattr(exc, "retryable", False)
+        try:
+            st = path.stat()
+            sig = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            sig = ""
+        incomplete = isinstance(exc, IncompleteBundle)
+        retryable = incomplete or getattr(exc, "retryable", False)
         with self.index.tx():
-            first, quarantined = self.index.bad_bundle(peer, seq, exc.message)
-        if retryable and not quarantined and time.time() - first < grace:
+            first, quarantined, tries = self.index.bad_bundle(peer, seq, exc.message, sig)
+        expired = time.time() - first >= grace
+        stuck = not incomplete and tries >= 3
+        if retryable and not quarantined and not expired and not stuck:
             report.waiting.append(f"bundle {seq} of peer {peer[:7]}: {exc.message}; retrying")
             return True
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
@@ -330,6 +351,8 @@ class Engine:
             shutil.copyfile(path, self.quarantine_dir / f"{peer}-{seq:012d}.psb")
         except OSError:
             pass
+        why = ("it failed 3 cycles unchanged" if stuck else
+               f"it was still incomplete after {grace:.0f} s" if retryable else "it failed a check that cannot pass later")
         with self.index.tx():
             self.index.quarantine(peer, seq)
             self.index.set_applied(peer, seq)
@@ -338,6 +361,8 @@ class Engine:
                 f"bundle {seq} of peer {peer[:7]} was rejected and quarantined: {exc.message}",
                 "nothing from it was applied; check the sending peer, then `peersync errors --clear`",
             )
+            self.index.add_correction(f"bundle {seq} of peer {peer[:7]}",
+                                      f"quarantined it ({why}) and went on with the next bundles")
         log.warning("quarantined bundle %s of %s: %s", seq, peer, exc.message)
         return False
 
@@ -345,8 +370,8 @@ class Engine:
 
     def _heartbeat(self, report: CycleReport) -> None:
         wants = [
-            {"path": meta["path"], "hash": meta["hash"]}
-            for _p, meta, _s, _r, _f, _a in self.index.pending()
+            {"path": meta["path"], "hash": meta["hash"], "round": attempts // 3}
+            for _p, meta, _s, _r, _f, attempts in self.index.pending()
             if meta.get("op") == "put" and meta.get("content") == "ref"
         ]
         body: dict[str, Any] = {
@@ -396,6 +421,7 @@ class Engine:
             "relay": self.cfg.relay,
             "last_sync": float(last) if last else None,
             "last_sync_ok": bool(self.index.meta_int("last_sync_ok")),
+            "schedule": str(self.settings["schedule"]),
             "pending_out": len(self.index.outgoing()),
             "pending_in": incoming + len(self.index.pending()),
             "peers": peers,

@@ -14,6 +14,7 @@ Tables:
   errors      what went wrong, since when, over how many cycles
   bad_bundles bundles that did not verify, waiting or quarantined
   versions    the versions archive's catalogue
+  corrections what peersync did by itself about an item that kept failing
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ CREATE TABLE IF NOT EXISTS errors(
     cycles INTEGER NOT NULL DEFAULT 1, seen_cycle INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS bad_bundles(
     author TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, first_seen REAL NOT NULL,
-    quarantined INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(author, seq));
+    quarantined INTEGER NOT NULL DEFAULT 0, tries INTEGER NOT NULL DEFAULT 0, file TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY(author, seq));
 CREATE TABLE IF NOT EXISTS versions(
     id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, hash TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, archived_at REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS versions_path ON versions(path);
+CREATE TABLE IF NOT EXISTS corrections(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, subject TEXT NOT NULL, action TEXT NOT NULL);
 """
 
 
@@ -290,19 +294,26 @@ class Index:
 
     # -- bad bundles ----------------------------------------------------------
 
-    def bad_bundle(self, author: str, seq: int, reason: str) -> tuple[float, bool]:
-        """Note a bundle that does not verify; returns (first seen, quarantined)."""
+    def bad_bundle(self, author: str, seq: int, reason: str, file_sig: str = "") -> tuple[float, bool, int]:
+        """Note a bundle that does not verify; returns (first seen, quarantined, failed cycles).
+
+        ``file_sig`` (size and mtime) restarts the count of failed cycles when the file changes:
+        a cloud client still writing it is not a bundle that failed three times.
+        """
         row = self.db.execute(
-            "SELECT first_seen, quarantined FROM bad_bundles WHERE author=? AND seq=?", (author, seq)
+            "SELECT first_seen, quarantined, tries, file FROM bad_bundles WHERE author=? AND seq=?", (author, seq)
         ).fetchone()
         if row:
-            self.db.execute("UPDATE bad_bundles SET reason=? WHERE author=? AND seq=?", (reason, author, seq))
-            return row[0], bool(row[1])
+            tries = row[2] + 1 if row[3] == file_sig else 1
+            self.db.execute("UPDATE bad_bundles SET reason=?, tries=?, file=? WHERE author=? AND seq=?",
+                            (reason, tries, file_sig, author, seq))
+            return row[0], bool(row[1]), tries
         now = time.time()
         self.db.execute(
-            "INSERT INTO bad_bundles(author, seq, reason, first_seen) VALUES(?,?,?,?)", (author, seq, reason, now)
+            "INSERT INTO bad_bundles(author, seq, reason, first_seen, tries, file) VALUES(?,?,?,?,1,?)",
+            (author, seq, reason, now, file_sig),
         )
-        return now, False
+        return now, False, 1
 
     def quarantine(self, author: str, seq: int) -> None:
         self.db.execute("UPDATE bad_bundles SET quarantined=1 WHERE author=? AND seq=?", (author, seq))
@@ -311,7 +322,7 @@ class Index:
         self.db.execute("DELETE FROM bad_bundles WHERE author=? AND seq=? AND quarantined=0", (author, seq))
 
     def bad_bundles(self) -> list[dict[str, Any]]:
-        cols = ("author", "seq", "reason", "first_seen", "quarantined")
+        cols = ("author", "seq", "reason", "first_seen", "quarantined", "tries")
         return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM bad_bundles")]
 
     # -- versions catalogue ---------------------------------------------------
@@ -330,6 +341,31 @@ class Index:
             sql += " WHERE path=?"
             args = (path,)
         return [dict(zip(cols, r)) for r in self.db.execute(sql + " ORDER BY id DESC", args)]
+
+    # -- corrections ------------------------------------------------------------
+
+    def add_correction(self, subject: str, action: str) -> None:
+        self.db.execute("INSERT INTO corrections(time, subject, action) VALUES(?,?,?)", (time.time(), subject, action))
+        self.db.execute("DELETE FROM corrections WHERE id <= (SELECT MAX(id) FROM corrections) - 200")
+
+    def corrections(self) -> list[dict[str, Any]]:
+        cols = ("time", "subject", "action")
+        return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM corrections ORDER BY id")]
+
+    # -- the outgoing queue -----------------------------------------------------
+
+    def drop_outgoing(self, path: str) -> bool:
+        """Take a local change out of the queue; it stays local until it changes again."""
+        published = self.meta_int("published_seq")
+        cur = self.db.execute("UPDATE files SET local_seq=0 WHERE path=? AND local_seq > ?", (path, published))
+        return cur.rowcount > 0
+
+    def forget_stat(self, path: str | None = None) -> None:
+        """Make the next scan hash ``path`` (or every path) again instead of trusting its stat."""
+        if path is None:
+            self.db.execute("UPDATE files SET inode=-1")
+        else:
+            self.db.execute("UPDATE files SET inode=-1 WHERE path=? OR path LIKE ?", (path, path + "/%"))
 
     def integrity_ok(self) -> bool:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
