@@ -458,9 +458,8 @@ class Applier:
 
     def _mkdir(self, local: Entry | None, remote: Entry, target: Path) -> None:
         if local is not None and local.live and local.kind == "file" and target.is_file():
-            created = self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "replaced by a folder")
+            self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "replaced by a folder")
             target.unlink()
-            del created
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

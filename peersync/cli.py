@@ -13,7 +13,6 @@ import json
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def cmd_invite(state: State, args: argparse.Namespace) -> int:
         raise UsageError("this peer keeps several stores", "name one: `peersync invite STORE`")
     cfg = stores[0]
     _out(f"Invite code for store {cfg.name}. It holds the store's secret: send it privately.")
-    _out(f"On the other machine: peersync join CODE STORE_DIR --relay RELAY_DIR")
+    _out("On the other machine: peersync join CODE STORE_DIR --relay RELAY_DIR")
     _out(make_invite(cfg, state.store_secret(cfg.id), ident))
     return 0
 
@@ -100,7 +99,7 @@ def cmd_join(state: State, args: argparse.Namespace) -> int:
     cfg, present = join_store(state, args.code, Path(args.store_dir), Path(args.relay))
     _out(f"Joined store {cfg.name} in {cfg.path}, relayed through {cfg.relay}.")
     if not present:
-        _out(f"The relay does not hold this store yet; it syncs once your cloud client has delivered it.")
+        _out("The relay does not hold this store yet; it syncs once your cloud client has delivered it.")
     return 0
 
 
@@ -346,11 +345,12 @@ def cmd_reset(state: State, args: argparse.Namespace) -> int:
     """Clear half-synced state so the next cycle redoes it from the files on disk; loses nothing."""
     if args.all == bool(args.path):
         raise UsageError("name a file or folder to reset, or use --all")
+    targets: list[tuple[Engine, str | None]]
     if args.all:
         targets = [(e, None) for e in _engines(state, args.store)]
     else:
-        cfg, rel = resolve_path(state, args.path)
-        targets = [(Engine(state, cfg, state.identity()), rel)]
+        cfg, path = resolve_path(state, args.path)
+        targets = [(Engine(state, cfg, state.identity()), path)]
     lock = Lock(state, "cycle")
     lock.acquire(timeout=60, what="finish its cycle")
     try:
@@ -557,7 +557,8 @@ def cmd_demo(state: State, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="peersync", description="Keep a folder in sync through a cloud-replicated relay folder.")
+    p = argparse.ArgumentParser(prog="peersync",
+                                description="Keep a folder in sync through a cloud-replicated relay folder.")
     p.add_argument("--version", action="version", version=f"peersync {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more, also to stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")

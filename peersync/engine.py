@@ -351,8 +351,12 @@ class Engine:
             shutil.copyfile(path, self.quarantine_dir / f"{peer}-{seq:012d}.psb")
         except OSError:
             pass
-        why = ("it failed 3 cycles unchanged" if stuck else
-               f"it was still incomplete after {grace:.0f} s" if retryable else "it failed a check that cannot pass later")
+        if stuck:
+            why = "it failed 3 cycles unchanged"
+        elif retryable:
+            why = f"it was still incomplete after {grace:.0f} s"
+        else:
+            why = "it failed a check that cannot pass later"
         with self.index.tx():
             self.index.quarantine(peer, seq)
             self.index.set_applied(peer, seq)

@@ -106,7 +106,8 @@ _COLUMNS = "path, kind, deleted, hash, size, mtime_ns, mode, inode, vector, modi
 
 
 def _entry(row: sqlite3.Row | tuple[Any, ...]) -> Entry:
-    return Entry(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], vv.loads(row[8]), row[9], row[10])
+    return Entry(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], vv.loads(row[8]), row[9],
+                 row[10])
 
 
 class Index:
@@ -368,4 +369,4 @@ class Index:
             self.db.execute("UPDATE files SET inode=-1 WHERE path=? OR path LIKE ?", (path, path + "/%"))
 
     def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")

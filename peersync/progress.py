@@ -7,7 +7,10 @@ hash, pack, publish, fetch, verify and apply.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 STAGES = ("scan", "hash", "pack", "publish", "fetch", "verify", "apply")
 
@@ -40,8 +43,12 @@ class Reporter:
         pass
 
     def summary(self) -> str:
-        return ", ".join(f"{s} {self.counts[s][0]}" + (f" ({human_bytes(self.counts[s][1])})" if self.counts[s][1] else "")
-                         for s in STAGES if s in self.counts)
+        parts = []
+        for s in STAGES:
+            if s in self.counts:
+                items, nbytes = self.counts[s]
+                parts.append(f"{s} {items}" + (f" ({human_bytes(nbytes)})" if nbytes else ""))
+        return ", ".join(parts)
 
 
 class PlainReporter(Reporter):
@@ -74,7 +81,7 @@ class RichReporter(Reporter):
             transient=False,
             redirect_stdout=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def begin(self, store: str) -> None:
         super().begin(store)
@@ -89,8 +96,8 @@ class RichReporter(Reporter):
         self._rich.update(self._tasks[stage], completed=done, size=human_bytes(size) if size else "")
 
     def end(self) -> None:
-        for task in self._tasks.values():
-            self._rich.update(task, total=self._rich.tasks[task].completed or 1)
+        for stage, task in self._tasks.items():
+            self._rich.update(task, total=self.counts[stage][0] or 1)
         self._rich.stop()
 
 

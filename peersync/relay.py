@@ -119,7 +119,8 @@ class Relay:
         public_key = base64.b64decode(data["public_key"])
         if peer_id_of(public_key) != peer:
             raise CryptoError("peer.json's key does not match its peer id")
-        return PeerRecord(peer, public_key, str(data["name"]), str(data["machine"]), str(data["user"]), float(data["joined"]))
+        return PeerRecord(peer, public_key, str(data["name"]), str(data["machine"]), str(data["user"]),
+                          float(data["joined"]))
 
     def roster(self, roster_key: bytes) -> tuple[dict[str, PeerRecord], dict[str, str]]:
         """Authenticated peers, and the problems of the folders that are not."""

@@ -175,7 +175,7 @@ class State:
         peer = peer_id_of(key.public_bytes())
         user, machine = os_user(), machine_name()
         fsutil.write_private(self.root / "identity.key", key.to_bytes())
-        info = {
+        info: dict[str, Any] = {
             "peer_id": peer,
             "name": f"{user}@{machine}",
             "machine": machine,
