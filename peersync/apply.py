@@ -22,6 +22,7 @@ its content staged in the state folder, and retried every cycle.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,8 @@ from .ignore import Ignore
 from .index import Entry, Index
 from .scan import Scanner
 from .versions import Archive
+
+log = logging.getLogger("peersync")
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 PEER_RE = re.compile(r"^[A-Z2-7]{26}$")
@@ -76,9 +79,16 @@ def check_record(rec: Record) -> dict[str, Any]:
                 raise ValueError("bad author id")
         if op in ("put", "part") and not (isinstance(m.get("hash"), str) and HASH_RE.match(m["hash"])):
             raise ValueError("bad content hash")
+        required = {"put": ("size", "mtime_ns"), "part": ("offset",)}.get(op, ())
         for key in ("size", "mtime_ns", "offset"):
-            if key in m and (not isinstance(m[key], int) or isinstance(m[key], bool) or m[key] < 0):
+            if key not in m:
+                if key in required:
+                    raise ValueError(f"missing {key}")
+                continue
+            if not isinstance(m[key], int) or isinstance(m[key], bool) or not 0 <= m[key] < 2**63:
                 raise ValueError(f"bad {key}")
+        if op == "part" and not isinstance(m.get("final", False), bool):
+            raise ValueError("bad final flag")
         if op == "put":
             if m.get("content") not in ("inline", "parts", "ref"):
                 raise ValueError("bad content kind")
@@ -154,6 +164,16 @@ class Applier:
             with self.index.tx():
                 self.index.drop_pending(path)
                 self.index.record_error(f"apply:{path}", "conflict", path, exc.message, exc.hint)
+            return
+        except (PathError, ValueError, OverflowError, OSError) as exc:
+            # Not foreseen: keep the operation and its content, report it, and go on with the others.
+            log.exception("cannot apply %s", path)
+            staged = self._stage(m, data)
+            with self.index.tx():
+                self.index.add_pending(path, m, staged, f"cannot apply ({exc.__class__.__name__}: {exc})")
+                self.index.record_error(f"apply:{path}", "apply", path,
+                                        f"{path} cannot be applied ({exc.__class__.__name__}: {exc})",
+                                        "it is retried every cycle; the log has the details")
             return
         with self.index.tx():
             self.index.drop_pending(path)

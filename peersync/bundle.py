@@ -107,13 +107,17 @@ class Record:
     meta: dict[str, Any]
     data: bytes = b""
 
+    def _meta_bytes(self) -> bytes:
+        return json.dumps(self.meta, separators=(",", ":"), ensure_ascii=False).encode()
+
     def encode(self) -> bytes:
-        meta = json.dumps(self.meta, separators=(",", ":"), ensure_ascii=False).encode()
+        meta = self._meta_bytes()
         return RECORD_META.pack(len(meta)) + meta + RECORD_DATA.pack(len(self.data)) + self.data
 
     @property
     def encoded_size(self) -> int:
-        return RECORD_META.size + RECORD_DATA.size + len(self.data) + 256
+        """The exact number of bytes ``encode`` produces."""
+        return RECORD_META.size + len(self._meta_bytes()) + RECORD_DATA.size + len(self.data)
 
 
 def encode_payload(records: list[Record]) -> bytes:
@@ -133,7 +137,7 @@ def decode_payload(payload: bytes) -> list[Record]:
             raise BadBundle("payload record header is out of bounds")
         try:
             meta = json.loads(bytes(view[pos : pos + mlen]).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BadBundle("payload record is not valid JSON") from exc
         if not isinstance(meta, dict):
             raise BadBundle("payload record is not a JSON object")

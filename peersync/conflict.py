@@ -12,6 +12,7 @@ import re
 
 from .index import Entry
 
+MAX_NAME_BYTES = 255
 CONFLICT_RE = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}(?:-\d+)?(?=\.|$)")
 
 
@@ -26,12 +27,18 @@ def remote_wins(local: Entry, remote: Entry) -> bool:
 def conflict_name(path: str, mtime_ns: int, peer: str, n: int = 0) -> str:
     """``dir/name.sync-conflict-YYYYMMDD-HHMMSS-<peer>.ext`` for the losing version of ``path``."""
     folder, _, name = path.rpartition("/")
-    stamp = datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.datetime.fromtimestamp(mtime_ns // 1_000_000_000, datetime.timezone.utc).strftime(
+        "%Y%m%d-%H%M%S")
     stem, dot, ext = name.rpartition(".")
     if not stem:  # no extension, or a dotfile such as ".profile"
         stem, dot, ext = name, "", ""
+    if len(ext) > 16:  # not really an extension: keep the whole name as the stem
+        stem, dot, ext = name, "", ""
     suffix = f".sync-conflict-{stamp}-{peer[:7]}" + (f"-{n}" if n else "")
-    new = f"{stem}{suffix}{dot}{ext}"
+    room = MAX_NAME_BYTES - len((suffix + dot + ext).encode())
+    while len(stem.encode()) > room:  # a long name is shortened, never made invalid
+        stem = stem[:-1]
+    new = f"{stem.rstrip(' .')}{suffix}{dot}{ext}"
     return f"{folder}/{new}" if folder else new
 
 

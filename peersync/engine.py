@@ -218,7 +218,7 @@ class Engine:
         if e.hash in gone_hashes:
             yield Record({**meta, "content": "ref", "from": gone_hashes[e.hash]})
             return
-        part = int(self.settings["part_bytes"])
+        part = min(int(self.settings["part_bytes"]), int(self.settings["bundle_max_bytes"]))
         try:
             if e.size <= part:
                 data = source.read_bytes()
@@ -297,7 +297,14 @@ class Engine:
                     seq += 1
                     continue
                 before = applier.applied_ops
-                applier.apply_records(peer, records)
+                try:
+                    applier.apply_records(peer, records)
+                except OSError as exc:  # e.g. the state folder's disk is full: retry the bundle later
+                    with self.index.tx():
+                        self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
+                                                f"bundle {seq} of peer {peer[:7]} could not be applied "
+                                                f"({exc.strerror or exc})", "it is retried every cycle")
+                    break
                 self.progress("apply", applier.applied_ops - before, header.payload_size)
                 with self.index.tx():
                     self.index.set_applied(peer, seq)
@@ -374,7 +381,7 @@ class Engine:
 
     def _heartbeat(self, report: CycleReport) -> None:
         wants = [
-            {"path": meta["path"], "hash": meta["hash"], "round": attempts // 3}
+            {"hash": meta["hash"], "round": attempts // 3}
             for _p, meta, _s, _r, _f, attempts in self.index.pending()
             if meta.get("op") == "put" and meta.get("content") == "ref"
         ]

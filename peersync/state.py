@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "exclude": [],
 }
 
-MAX_SETTING = {"bundle_max_bytes": 64 * 1024 * 1024}
+MAX_SETTING = {"bundle_max_bytes": 64 * 1024 * 1024, "part_bytes": 32 * 1024 * 1024}
+MIN_SETTING = {"bundle_max_bytes": 64 * 1024, "part_bytes": 64 * 1024, "mass_delete_ratio": 0.0}
 
 
 def home() -> Path:
@@ -249,6 +250,8 @@ class State:
             raise UsageError(f"setting {key} needs a {type(default).__name__}, not {value!r}") from exc
         if key in MAX_SETTING and parsed > MAX_SETTING[key]:
             raise UsageError(f"setting {key} may be at most {MAX_SETTING[key]}")
+        if key in MIN_SETTING and parsed < MIN_SETTING[key]:
+            raise UsageError(f"setting {key} must be at least {MIN_SETTING[key]}")
         if key == "schedule":
             from .schedule import parse
 

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .relay import PeerRecord, Relay
 from .state import Identity, State, StoreConfig
 
 INVITE_PREFIX = "PSYNC1-"
+ID_RE = re.compile(r"^[A-Z2-7]{26}$")
 
 
 # -- marker -------------------------------------------------------------------
@@ -94,6 +96,11 @@ def _check_folders(store_dir: Path, relay_dir: Path) -> None:
             raise RefusedError(f"the store {store_dir} and the relay {relay_dir} must not contain each other")
 
 
+def check_name(name: str) -> None:
+    if not 0 < len(name) <= 200 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RefusedError(f"{name[:40]!r} cannot be a store name", "use up to 200 printable characters")
+
+
 def _unique_name(state: State, name: str, store_id: str) -> None:
     for s in state.stores():
         if s.name == name and s.id != store_id:
@@ -115,14 +122,23 @@ def read_invite(code: str) -> dict[str, Any]:
     bad = InviteError("that invite code is damaged or incomplete", "copy the whole code from `peersync invite` again")
     if not code.startswith(INVITE_PREFIX):
         raise bad
+    payload = code[len(INVITE_PREFIX):]
     try:
-        raw = base64.urlsafe_b64decode(code[len(INVITE_PREFIX):] + "=" * (-len(code) % 4))
+        raw = base64.b64decode(payload + "=" * (-len(payload) % 4), altchars=b"-_", validate=True)
+        if base64.urlsafe_b64encode(raw).decode().rstrip("=") != payload:
+            raise bad  # another spelling of the same bytes: not a code we wrote
         body, check = raw[:-4], raw[-4:]
         if hashlib.sha256(body).digest()[:4] != check:
             raise bad
         data = json.loads(body)
         data["secret"] = base64.b64decode(data["secret"])
         if data.get("v") != 1 or len(data["secret"]) != crypto.SECRET_BYTES:
+            raise bad
+        # The store id becomes a folder name in the relay and the state folder: only a real id passes.
+        if not isinstance(data.get("store"), str) or not ID_RE.match(data["store"]):
+            raise bad
+        if not isinstance(data.get("name"), str) or not 0 < len(data["name"]) <= 200 or any(
+                ord(c) < 32 for c in data["name"]):
             raise bad
         return data  # type: ignore[no-any-return]
     except (ValueError, KeyError, TypeError) as exc:
@@ -164,6 +180,7 @@ def init_store(state: State, store_dir: Path, relay_dir: Path, name: str | None)
     ident = state.identity(create=True)
     _refuse_owned(store_dir, ident, state)
     name = name or store_dir.name
+    check_name(name)
     store_id = id_from_bytes(crypto.random_bytes(16))
     _unique_name(state, name, store_id)
     cfg = StoreConfig(store_id, name, str(store_dir), str(relay_dir))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 
 Vector = dict[str, int]
+PEER_RE = re.compile(r"^[A-Z2-7]{26}$")
 
 
 class Order(enum.Enum):
@@ -65,7 +67,9 @@ def check(v: object) -> Vector:
         raise ValueError("version vector is not a mapping")
     out: Vector = {}
     for k, n in v.items():
-        if not isinstance(k, str) or not isinstance(n, int) or isinstance(n, bool) or n < 0 or len(k) > 64:
-            raise ValueError("version vector has a bad entry")
+        if not isinstance(k, str) or not PEER_RE.match(k):
+            raise ValueError("version vector names something that is not a peer id")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 2**63:
+            raise ValueError("version vector has a bad counter")
         out[k] = n
     return out
