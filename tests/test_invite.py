@@ -67,7 +67,8 @@ def test_code_layout_follows_the_spec(ident: Identity) -> None:
     body, check = raw[:-4], raw[-4:]
     assert hashlib.sha256(body).digest()[:4] == check
     assert body.decode("ascii") == (
-        f'{{"v":1,"store":"{STORE_ID}","name":"Angebote M\\u00fcller","secret":"{base64.b64encode(SECRET).decode()}","from":"{ident.peer_id}"}}'
+        f'{{"v":1,"store":"{STORE_ID}","name":"Angebote M\\u00fcller",'
+        f'"secret":"{base64.b64encode(SECRET).decode()}","from":"{ident.peer_id}"}}'
     )
     assert "\n" not in code and " " not in code
 
