@@ -291,8 +291,9 @@ class Applier:
             return
         if not wins:
             return  # the peer that holds the losing side keeps it as a conflict copy
-        self.conflicts += 1
-        self._enact(local, remote, m, data, keep_local_as_conflict=local.live and local.kind == "file")
+        keep = local.live and local.kind == "file"
+        self.conflicts += keep
+        self._enact(local, remote, m, data, keep_local_as_conflict=keep)
 
     # -- doing ----------------------------------------------------------------
 

@@ -25,9 +25,9 @@ from . import __version__, fsutil, paths
 from .engine import CycleReport, Engine
 from .errors import PeersyncError, RefusedError, UsageError
 from .index import Index
+from .lock import Lock
 from .progress import reporter_for
 from .schedule import parse as parse_schedule
-from .service import Lock, Watched, install_signal_handlers, run_loop
 from .state import State
 from .store import init_store, join_store, make_invite, resolve_path
 
@@ -153,6 +153,8 @@ def cmd_sync(state: State, args: argparse.Namespace) -> int:
 
 
 def cmd_run(state: State, args: argparse.Namespace) -> int:
+    from .service import Watched, install_signal_handlers, run_loop
+
     service = Lock(state, "service")
     service.acquire(timeout=0, what="keep running")
     stop = threading.Event()
@@ -454,63 +456,32 @@ def cmd_config(state: State, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(state: State, args: argparse.Namespace) -> int:
-    checks: list[dict[str, str]] = []
+    from .health import doctor_main
 
-    def add(check_id: str, status: str, finding: str, fix: str = "") -> None:
-        checks.append({"id": check_id, "status": status, "finding": finding, "fix": fix})
+    return doctor_main(state, args)
 
-    try:
-        ident = state.identity()
-        add("identity", "ok", f"peer {ident.name} ({ident.short})")
-    except PeersyncError as exc:
-        add("identity", "fail", exc.message, exc.hint)
-        ident = None
-    holder = Lock(state, "service").holder() if state.root.exists() else None
-    add("service", "ok" if holder else "warn",
-        f"service running (pid {holder})" if holder else "the service is not running",
-        "" if holder else "start it with `peersync run` or install it as a service")
-    if ident is not None:
-        for cfg in state.stores():
-            engine = Engine(state, cfg, ident)
-            try:
-                s = engine.summary()
-                ok_index = engine.index.integrity_ok()
-            finally:
-                engine.close()
-            marker = (cfg.root / ".peersync").exists()
-            add(f"store:{cfg.name}:marker", "ok" if marker else "fail",
-                "marker present" if marker else f"{cfg.root} has no .peersync marker: the store is paused",
-                "" if marker else "reconnect the drive or move the folder back")
-            add(f"store:{cfg.name}:index", "ok" if ok_index else "fail",
-                "index intact" if ok_index else "the index fails its integrity check",
-                "" if ok_index else "move the index away and run `peersync sync` to rebuild it")
-            relay_ok = Path(cfg.relay).is_dir() and os.access(cfg.relay, os.W_OK)
-            add(f"relay:{cfg.name}", "ok" if relay_ok else "fail",
-                f"relay {cfg.relay} present and writable" if relay_ok else f"relay {cfg.relay} is missing or read-only",
-                "" if relay_ok else "start the cloud client, or check the relay path")
-            if s["errors"]:
-                add(f"store:{cfg.name}:errors", "warn", f"{len(s['errors'])} errors", "see `peersync errors`")
-            if s["conflicts"]:
-                add(f"store:{cfg.name}:conflicts", "warn", f"{len(s['conflicts'])} conflict copies",
-                    "see `peersync conflicts`")
-            for p in s["peers"]:
-                age = time.time() - p["last_seen"] if p["last_seen"] else None
-                silent = age is None or age > 24 * 3600
-                add(f"peer:{cfg.name}:{p['id'][:7]}", "warn" if silent else "ok",
-                    f"peer {p['name']} last seen {_when(p['last_seen'])}",
-                    "check that machine and its cloud client are on" if silent else "")
-    worst = 2 if any(c["status"] == "fail" for c in checks) else 1 if any(c["status"] == "warn" for c in checks) else 0
-    if args.json:
-        _out(json.dumps({"version": 1, "status": ["ok", "warn", "fail"][worst], "checks": checks}, indent=2))
+
+def cmd_service(state: State, args: argparse.Namespace) -> int:
+    from . import svc
+
+    host, status = svc.Host.current(), 0
+    if args.action == "status":
+        st, report = svc.status(host)
+        status = 0 if st.running else 1
+    elif args.action == "uninstall":
+        report = svc.uninstall(host, state)
     else:
-        marks = {"ok": "✓", "warn": "!", "fail": "✗"}
-        for c in checks:
-            _out(f"{marks[c['status']]} {c['id']}: {c['finding']}" + (f" — {c['fix']}" if c["fix"] else ""))
-    return worst
+        report = svc.install(host, state, store=args.store, relay=args.relay, invite=args.invite, name=args.name,
+                             restart=args.restart)
+    for line in report.lines:
+        _out(line)
+    return status
 
 
 def cmd_demo(state: State, args: argparse.Namespace) -> int:
     """Two peers on this machine sharing a local relay folder: edit one folder, watch the other."""
+    from .service import install_signal_handlers
+
     base = Path(args.dir).expanduser().absolute()
     relay = base / "relay"
     relay.mkdir(parents=True, exist_ok=True)
@@ -651,6 +622,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", nargs="?", default="peersync-demo")
     s.add_argument("--no-run", action="store_true", help="set up only")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("service", help="start `peersync run` at each logon of this user, or stop doing so")
+    actions = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("install", help="set up a store if asked, register and start the service")
+    a.add_argument("--store", help="the store folder; with --relay, created (init) unless this peer keeps it")
+    a.add_argument("--relay", help="this machine's relay folder")
+    a.add_argument("--invite", help="join the store this invite code names (needs --store and --relay)")
+    a.add_argument("--name", help="the new store's name (default: the folder's name)")
+    a.add_argument("--restart", action="store_true", help="restart the service if it runs (after an upgrade)")
+    actions.add_parser("uninstall", help="stop and remove the service; data and keys stay")
+    actions.add_parser("status", help="whether the service is registered and running (exit 1 if not running)")
+    s.set_defaults(func=cmd_service)
     return p
 
 

@@ -154,10 +154,9 @@ class Engine:
             for path, message, hint in result.problems:
                 self.index.record_error(f"scan:{path}", "scan", path, message, hint)
             if result.held_deletes:
-                total = self.index.count_live_files()
                 self.index.record_error(
                     "scan:held-deletes", "held", self.cfg.name,
-                    f"{result.held_deletes} of {total} files are gone from {self.cfg.root}; "
+                    f"{result.held_deletes} of {result.live_files} files are gone from {self.cfg.root}; "
                     "the deletion is held and not sent",
                     "if you deleted them, run `peersync sync --allow-deletes`; otherwise restore them",
                 )

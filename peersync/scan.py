@@ -10,6 +10,7 @@ A changed file gets a new version vector from this peer's clock and a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat as statmod
 import time
@@ -38,6 +39,7 @@ class ScanResult:
     deleted: int = 0
     deferred_deletes: int = 0
     held_deletes: int = 0
+    live_files: int = 0
     unstable: list[str] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (path, message, hint)
 
@@ -154,13 +156,15 @@ class Scanner:
                     if name is None:
                         continue
                     rel = prefix + name
+                    path = folder / name  # not de.path: the entry may just have been renamed to NFC
                     try:
-                        is_link = de.is_symlink()
-                        is_dir = not is_link and de.is_dir(follow_symlinks=False)
+                        st = os.stat(path, follow_symlinks=False)
                     except OSError:
-                        continue
+                        continue  # gone while we looked
+                    is_link = statmod.S_ISLNK(st.st_mode)
+                    is_dir = statmod.S_ISDIR(st.st_mode)
                     if name.startswith(fsutil.TEMP_PREFIX):
-                        self._remove_stale_temp(Path(de.path))
+                        self._remove_stale_temp(path)
                         continue
                     if self.ignore.ignored(rel, is_dir):
                         continue
@@ -177,11 +181,7 @@ class Scanner:
                         old = known.get(rel)
                         if old is None or old[1] or old[0] != "dir":
                             self._examine_dir(rel)
-                        stack.append((Path(de.path), rel + "/"))
-                        continue
-                    try:
-                        st = de.stat(follow_symlinks=False)
-                    except OSError:
+                        stack.append((path, rel + "/"))
                         continue
                     if not statmod.S_ISREG(st.st_mode):
                         continue  # sockets, fifos, devices
@@ -192,30 +192,37 @@ class Scanner:
                     if (old is not None and old[0] == "file" and not old[1] and mode_same
                             and (old[2], old[3], old[4]) == (st.st_size, st.st_mtime_ns, st.st_ino)):
                         continue
-                    self._examine_file(rel, Path(de.path), st, result)
+                    self._examine_file(rel, path, st, result)
                     self.progress("hash", 1, st.st_size)
             self._deletions(known, seen, skipped_dirs, allow_deletes, result)
         return result
 
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
                    skipped_dirs: list[str], allow_deletes: bool, result: ScanResult) -> None:
-        gone = [
+        gone = {
             p for p, (kind, deleted, *_rest) in known.items()
             if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
             and not self.ignore.ignored(p, kind == "dir")
-        ]
-        gone_files = sum(1 for p in gone if known[p][0] == "file")
-        live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
-        ratio = float(self.settings["mass_delete_ratio"])
-        if (not allow_deletes and gone_files >= int(self.settings["mass_delete_min"])
-                and gone_files > ratio * live_files):
-            result.held_deletes = gone_files
-            return
+        }
+        result.live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
+        # A held deletion stays held, cycle after cycle, until it is confirmed or the files are back:
+        # files added meanwhile must not dilute the share and release it by themselves.
+        held = set(json.loads(self.index.get_meta("held_deletes") or "[]")) & gone
+        if allow_deletes:
+            held = set()
+        else:
+            fresh = gone - held
+            fresh_files = sum(1 for p in fresh if known[p][0] == "file")
+            ratio = float(self.settings["mass_delete_ratio"])
+            if fresh_files >= int(self.settings["mass_delete_min"]) and fresh_files > ratio * result.live_files:
+                held |= fresh
+        self.index.set_meta("held_deletes", json.dumps(sorted(held)))
+        result.held_deletes = sum(1 for p in held if known[p][0] == "file")
         now = time.monotonic()
         for p in list(self.missing_since):
             if p not in gone:
                 del self.missing_since[p]  # back (an editor's save finished): no deletion
-        for p in sorted(gone, reverse=True):
+        for p in sorted(gone - held, reverse=True):
             if self.delete_delay and now - self.missing_since.setdefault(p, now) < self.delete_delay:
                 result.deferred_deletes += 1
                 continue
