@@ -24,7 +24,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .fsutil import TEMP_PREFIX
-from .lock import Lock  # noqa: F401  (re-exported for callers of the service)
+from .lock import Lock as Lock  # re-exported: the service and its lock go together
 from .schedule import Schedule
 
 log = logging.getLogger("peersync")
