@@ -263,6 +263,9 @@ class Applier:
     # -- deciding -------------------------------------------------------------
 
     def apply(self, remote: Entry, m: dict[str, Any], data: bytes | Path | None) -> None:
+        if not paths.inside_without_links(self.root, remote.path):
+            raise Skip(f"{remote.path} lies under a symbolic link; peersync never reads or writes through one",
+                       "replace the link with a real folder")
         try:
             local = self.scanner.refresh(remote.path)
         except PathError:

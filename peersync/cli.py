@@ -70,6 +70,7 @@ def _setup_logging(state: State, verbose: bool, quiet: bool) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING))
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(lambda record: not record.exc_info)  # tracebacks go to the log file only
     root.addHandler(console)
 
 

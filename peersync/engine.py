@@ -214,6 +214,8 @@ class Engine:
             return
         meta = {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, **base}
         source = paths.join(self.cfg.root, e.path)
+        if not paths.inside_without_links(self.cfg.root, e.path):
+            return  # a folder on the way became a symbolic link: never read through it
         if e.hash in gone_hashes:
             yield Record({**meta, "content": "ref", "from": gone_hashes[e.hash]})
             return
@@ -275,7 +277,7 @@ class Engine:
         with self.index.tx():
             self.index.clear_errors("peer:")
             for peer, problem in problems.items():
-                if "no peer.json yet" in problem:
+                if "peer.json yet" in problem:
                     report.waiting.append(f"peer {peer[:7]} {problem}")
                     continue
                 self.index.record_error(f"peer:{peer}", "peer", peer[:7], f"relay folder of peer {peer[:7]}: {problem}",

@@ -133,7 +133,9 @@ class Relay:
                 problems[peer] = "has no peer.json yet"
             except CryptoError as exc:
                 problems[peer] = f"peer.json is not authenticated ({exc.message})"
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError) as exc:  # half delivered by the cloud client, most likely
+                problems[peer] = f"has no complete peer.json yet ({exc.__class__.__name__})"
+            except (KeyError, TypeError) as exc:
                 problems[peer] = f"peer.json cannot be read ({exc.__class__.__name__})"
         return peers, problems
 

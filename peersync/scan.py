@@ -117,6 +117,8 @@ class Scanner:
         """Bring one path's index row up to date with the disk (the check before an apply)."""
         abspath = paths.join(self.root, rel)
         entry = self.index.get(rel)
+        if not paths.inside_without_links(self.root, rel):
+            return entry  # under a symbolic link: outside the store, never looked at
         try:
             st = os.stat(abspath, follow_symlinks=False)
         except FileNotFoundError:

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from cloudsim import Cloud, Event, conflict_copy_name, mirror_now, read_tree
 
 
