@@ -197,6 +197,8 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
                 return delay
             if report.unstable:
                 return 1.0
+            if report.pending or report.waiting or report.paused:
+                return float(state.settings(engine.cfg)["poll_seconds"])  # retried every cycle
             return None
 
         run_loop(watched, cycle, settings, stop)

@@ -52,6 +52,7 @@ class CycleReport:
     held_deletes: int = 0
     deferred_deletes: int = 0
     unstable: int = 0
+    pending: int = 0  # remote changes kept to retry (a held file, content not here yet)
     waiting: list[str] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paused: str = ""
@@ -138,6 +139,7 @@ class Engine:
 
     def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
         report.errors = self.index.errors()
+        report.pending = len(self.index.pending())
         with self.index.tx():
             self.index.set_meta("last_sync", time.time())
             self.index.set_meta("last_sync_ok", int(ok and not report.errors))

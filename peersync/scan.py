@@ -142,6 +142,9 @@ class Scanner:
         known = self.index.stat_map()
         seen: set[str] = set()
         skipped_dirs: list[str] = []  # unreadable: nothing under them counts as deleted
+        # Inodes living on under ignored names: an editor saving renames the original to a
+        # temporary name ("Quote.docx" -> "~WRL0001.tmp") for a moment. That is no deletion.
+        ignored_inodes: set[int] = set()
         stack: list[tuple[Path, str]] = [(self.root, "")]
         with self.index.tx():
             while stack:
@@ -169,6 +172,8 @@ class Scanner:
                         self._remove_stale_temp(path)
                         continue
                     if self.ignore.ignored(rel, is_dir):
+                        if not is_dir:
+                            ignored_inodes.add(st.st_ino)
                         continue
                     if is_link:
                         continue  # symlinks are never followed nor synced
@@ -196,16 +201,20 @@ class Scanner:
                         continue
                     self._examine_file(rel, path, st, result)
                     self.progress("hash", 1, st.st_size)
-            self._deletions(known, seen, skipped_dirs, allow_deletes, result)
+            self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
         return result
 
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
-                   skipped_dirs: list[str], allow_deletes: bool, result: ScanResult) -> None:
+                   skipped_dirs: list[str], allow_deletes: bool, result: ScanResult,
+                   ignored_inodes: set[int] = frozenset()) -> None:  # type: ignore[assignment]
         gone = {
             p for p, (kind, deleted, *_rest) in known.items()
             if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
             and not self.ignore.ignored(p, kind == "dir")
         }
+        moved_aside = {p for p in gone if known[p][0] == "file" and known[p][4] in ignored_inodes}
+        result.deferred_deletes += len(moved_aside)
+        gone -= moved_aside
         result.live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
         # A held deletion stays held, cycle after cycle, until it is confirmed or the files are back:
         # files added meanwhile must not dilute the share and release it by themselves.
