@@ -185,6 +185,8 @@ class Applier:
             return ""
         target = self.staging / m["hash"]
         if isinstance(data, Path):
+            if not data.exists():
+                return str(target) if target.exists() else ""
             if data != target:
                 self.staging.mkdir(parents=True, exist_ok=True)
                 os.replace(data, target)
@@ -255,8 +257,10 @@ class Applier:
                 continue
             data: Path | None = Path(staged) if staged else None
             if meta["op"] == "put" and meta["content"] != "ref" and (data is None or not data.exists()):
+                # The kept content is gone (cleaned away, disk trouble): ask its author for it again.
                 with self.index.tx():
-                    self.index.drop_pending(path)
+                    self.index.add_pending(path, dict(meta, content="ref"), "", "its content is fetched again")
+                    self.index.add_correction(path, "the kept content was missing; asked its author to send it again")
                 continue
             self._run(meta, data)
 
@@ -342,27 +346,27 @@ class Applier:
             return Retry(f"{rel} is locked or not writable", "close the program that holds it; it is retried")
         return Retry(f"cannot write {rel} ({exc.strerror or exc})", "it is retried every cycle")
 
-    def _materialize(self, m: dict[str, Any], data: bytes | Path | None, tmp: Path) -> str:
-        """Write the operation's content to ``tmp``; return its hash."""
+    def _materialize(self, m: dict[str, Any], data: bytes | Path | None, tmp: Path) -> tuple[str, Path | None]:
+        """Write the operation's content to ``tmp``; return its hash and, if it was moved, where from."""
         if isinstance(data, bytes):
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            return hashlib.sha256(data).hexdigest()
+            return hashlib.sha256(data).hexdigest(), None
         if isinstance(data, Path):
             try:
-                os.rename(data, tmp)
+                os.rename(data, tmp)  # staged content: moved, and given back if the apply fails
             except OSError:
-                return fsutil.copy_durable(data, tmp)
+                return fsutil.copy_durable(data, tmp), None
             digest, _ = fsutil.hash_file(tmp)
-            return digest
+            return digest, data
         source = self._find_content(m)
         if source is None:
             raise Retry(f"the content of {m['path']} is not here yet (it was renamed elsewhere)",
                         "it is asked for from its author and arrives in a later bundle")
         # A copy, not a link: two live paths must never share one inode.
-        return fsutil.copy_durable(source, tmp)
+        return fsutil.copy_durable(source, tmp), None
 
     def _find_content(self, m: dict[str, Any]) -> Path | None:
         """A local file that holds the content ``m`` announces by hash (for renames)."""
@@ -393,9 +397,10 @@ class Applier:
                             "move the folder's files away") from exc
         self._parent_ready(target, remote.path)
         tmp = fsutil.temp_name(target)
+        moved_from: Path | None = None
         try:
             try:
-                digest = self._materialize(m, data, tmp)
+                digest, moved_from = self._materialize(m, data, tmp)
             except OSError as exc:
                 raise self._os_retry(remote.path, exc) from exc
             if digest != remote.hash:
@@ -432,6 +437,8 @@ class Applier:
                 if copy is not None:
                     self.index.put(copy)
         finally:
+            if moved_from is not None and tmp.exists():
+                os.replace(tmp, moved_from)  # not applied: the staged content goes back, never lost
             tmp.unlink(missing_ok=True)
 
     def _conflict_copy(self, local: Entry, target: Path) -> Entry:

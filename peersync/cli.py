@@ -360,40 +360,12 @@ def cmd_reset(state: State, args: argparse.Namespace) -> int:
     lock.acquire(timeout=60, what="finish its cycle")
     try:
         for engine, rel in targets:
-            _reset(engine, rel)
+            engine.reset(rel)
             engine.close()
             _out(f"Reset {rel or 'everything'} in {engine.cfg.name}; the next sync redoes it from the files on disk.")
     finally:
         lock.release()
     return 0
-
-
-def _reset(engine: Engine, rel: str | None) -> None:
-    index = engine.index
-
-    def hit(path: str) -> bool:
-        return rel is None or path == rel or path.startswith(rel + "/")
-
-    with index.tx():
-        for path, meta, staged, _reason, _first, _n in index.pending():
-            if not hit(path):
-                continue
-            if staged and Path(staged).exists() and meta.get("op") == "put":
-                # The remote version that could not be applied is set aside, not lost.
-                engine.archive.keep(Path(staged), path, meta["hash"], meta["size"], meta["mtime_ns"],
-                                    "reset: remote version set aside")
-            index.drop_pending(path)
-        for intent in index.intents():
-            if hit(intent.path):
-                index.drop_intent(intent.path)
-        for author, in list(index.db.execute("SELECT author FROM partials")):
-            partial = index.partial(author)
-            if partial and hit(partial[0]["path"]):
-                index.clear_partial(author)
-        for e in index.errors():
-            if rel is None or hit(e["subject"]) or e["key"] in (f"apply:{rel}", f"scan:{rel}"):
-                index.clear_error(e["key"])
-        index.forget_stat(rel)
 
 
 def _versions_of(state: State, target: str) -> tuple[Any, str, Index, list[dict[str, Any]]]:

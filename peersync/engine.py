@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bundle, paths
+from . import vector as vv
 from .apply import Applier, check_record
 from .bundle import Record
 from .conflict import is_conflict_copy
@@ -127,6 +128,45 @@ class Engine:
             self._publish(scanner, report)
         applier.clean_staging()
         return self._finish(report, ok=True)
+
+    def reset(self, rel: str | None) -> None:
+        """Clear half-synced state of ``rel`` (or everything) so the next cycle redoes it from the disk.
+
+        A remote version that could not be applied is set aside in the versions
+        archive, and the file on disk is sent again with a version that includes
+        the set-aside one, so every peer ends with what this disk holds and
+        nothing is lost.
+        """
+        index = self.index
+
+        def hit(path: str) -> bool:
+            return rel is None or path == rel or path.startswith(rel + "/")
+
+        with index.tx():
+            for path, meta, staged, _reason, _first, _n in index.pending():
+                if not hit(path):
+                    continue
+                if staged and Path(staged).exists() and meta.get("op") == "put":
+                    self.archive.keep(Path(staged), path, meta["hash"], meta["size"], meta["mtime_ns"],
+                                      "reset: remote version set aside")
+                local = index.get(path)
+                if local is not None:
+                    clock = index.next_clock()
+                    local.vector = vv.bump(vv.merge(local.vector, meta["vector"]), self.ident.peer_id, clock)
+                    local.modified_by, local.local_seq = self.ident.peer_id, clock
+                    index.put(local)
+                index.drop_pending(path)
+            for intent in index.intents():
+                if hit(intent.path):
+                    index.drop_intent(intent.path)
+            for (author,) in list(index.db.execute("SELECT author FROM partials")):
+                partial = index.partial(author)
+                if partial and hit(partial[0]["path"]):
+                    index.clear_partial(author)
+            for e in index.errors():
+                if rel is None or hit(e["subject"]) or e["key"] in (f"apply:{rel}", f"scan:{rel}"):
+                    index.clear_error(e["key"])
+            index.forget_stat(rel)
 
     def scan_only(self) -> CycleReport:
         """Record local changes in the queue without sending anything (for `peersync queue`)."""
