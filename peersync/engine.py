@@ -433,6 +433,7 @@ class Engine:
             "applied": self.index.applied(),
             "published": self.index.meta_int("last_bundle_seq"),
             "health": "ok" if report.ok else "errors",
+            "schedule": str(self.settings["schedule"]),
             "errors": len(report.errors),
             "wants": wants[:1000],
         }
