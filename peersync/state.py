@@ -113,6 +113,15 @@ class Identity:
         return short_id(self.peer_id)
 
 
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"user id {uid}"
+
+
 def peer_id_of(public_key: bytes) -> str:
     import base64
 
@@ -156,8 +165,20 @@ class State:
         ident = Identity(info["peer_id"], info["name"], info["machine"], info["user"], key)
         if peer_id_of(ident.public_key) != ident.peer_id:
             raise StateError(f"the identity in {self.root} does not match its key", "re-join with a new state folder")
+        self._check_owner()
         self._check_not_copied(ident)
         return ident
+
+    def _check_owner(self) -> None:
+        """Refuse another OS user's state folder: its keys, index and service are that user's alone."""
+        if fsutil.IS_WINDOWS:
+            return  # the per-user profile's ACLs already keep other users out
+        owner = os.stat(self.root).st_uid
+        if owner != os.getuid():
+            raise StateError(
+                f"the state folder {self.root} belongs to {_user_name(owner)}, but peersync runs as {os_user()}",
+                "run peersync as that user, or give this user its own state folder",
+            )
 
     def _check_not_copied(self, ident: Identity) -> None:
         if os.environ.get("PEERSYNC_ALLOW_COPIED_STATE") == "1":
