@@ -26,6 +26,10 @@ from . import crypto
 from .errors import BadBundle, CryptoError, IncompleteBundle
 
 MAGIC = b"PSYB"
+# Header flags: what kind of file this is. A reader checks it is the kind it expects.
+FLAG_BUNDLE = 0
+FLAG_SNAPSHOT_PART = 1
+FLAG_SNAPSHOT_MANIFEST = 2
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sHH16s16sIQQQ12s16s")
 HEADER_SIZE = HEADER.size  # 96
@@ -163,13 +167,14 @@ def seal(
     seq: int,
     key: bytes,
     signer: crypto.SigningKey,
+    flags: int = FLAG_BUNDLE,
 ) -> bytes:
     payload = encode_payload(records)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("bundle payload exceeds the format's cap")
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(payload)
     nonce = crypto.random_bytes(crypto.NONCE_BYTES)
-    header = Header(store_id, author, epoch, seq, len(payload), len(compressed) + crypto.TAG_BYTES, nonce)
+    header = Header(store_id, author, epoch, seq, len(payload), len(compressed) + crypto.TAG_BYTES, nonce, flags)
     head = header.pack()
     ciphertext = crypto.seal(key, nonce, compressed, head)
     signature = signer.sign(head + ciphertext)
@@ -188,6 +193,7 @@ def open_bundle(
     seq: int,
     author_key: bytes,
     keys: dict[int, bytes],
+    flags: int = FLAG_BUNDLE,
 ) -> tuple[Header, list[Record]]:
     """Verify and decode a bundle read from ``peers/<author>/bundles/<seq>.psb``.
 
@@ -201,6 +207,8 @@ def open_bundle(
         raise BadBundle(f"bundle in {author}'s folder claims author {header.author}")
     if header.seq != seq:
         raise BadBundle(f"bundle named {seq} carries sequence {header.seq} (a replay)")
+    if header.flags != flags:
+        raise BadBundle(f"file carries kind {header.flags}, not the {flags} expected here")
     if len(raw) < header.total_size:
         raise IncompleteBundle(f"bundle has {len(raw)} of its {header.total_size} bytes")
     if len(raw) > header.total_size:

@@ -19,6 +19,7 @@ from . import bundle, paths
 from . import vector as vv
 from .apply import Applier, check_record
 from .bundle import Record
+from .compact import Compactor
 from .conflict import is_conflict_copy
 from .errors import BadBundle, IncompleteBundle, PeersyncError, RelayError, StorePausedError
 from .ignore import Ignore
@@ -122,6 +123,7 @@ class Engine:
         self._publish(scanner, report)
         self._read(applier, report)
         applier.retry_pending()
+        Compactor(self).maintain(report)
         report.applied_ops += applier.applied_ops
         report.conflicts += applier.conflicts
         if self.index.outgoing():  # conflict copies made while applying
@@ -324,6 +326,7 @@ class Engine:
                     continue
                 self.index.record_error(f"peer:{peer}", "peer", peer[:7], f"relay folder of peer {peer[:7]}: {problem}",
                                         "its bundles are ignored; if this peer is yours, re-join it with an invite")
+        Compactor(self).bootstrap(applier, roster, report)
         applied = self.index.applied()
         grace = float(self.settings["bundle_grace_seconds"])
         for peer, rec in sorted(roster.items()):

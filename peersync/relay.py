@@ -187,6 +187,45 @@ class Relay:
     def delete_bundle(self, peer: str, seq: int) -> None:
         (self.bundles_dir(peer) / bundle_name(seq)).unlink(missing_ok=True)
 
+    # -- snapshots ------------------------------------------------------------
+    #
+    # peers/<id>/snapshots/<n>/<part>.psb   parts, written first
+    # peers/<id>/snapshots/<n>/manifest.psb written last: lists the parts' hashes
+
+    def snapshots_dir(self, peer: str) -> Path:
+        return self.peer_dir(peer) / "snapshots"
+
+    def list_snapshots(self, peer: str) -> dict[int, Path]:
+        """Snapshot folders of ``peer`` that hold a manifest, by number."""
+        out: dict[int, Path] = {}
+        try:
+            for entry in os.scandir(self.snapshots_dir(peer)):
+                if entry.name.isdigit() and os.path.exists(os.path.join(entry.path, "manifest.psb")):
+                    out[int(entry.name)] = Path(entry.path)
+        except OSError:
+            pass
+        return out
+
+    def write_snapshot_file(self, peer: str, number: int, name: str, data: bytes) -> Path:
+        folder = self.snapshots_dir(peer) / f"{number:012d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        if target.exists():
+            raise FileExistsError(target)
+        fsutil.atomic_write(target, data)
+        return target
+
+    def delete_snapshot(self, peer: str, number: int) -> None:
+        folder = self.snapshots_dir(peer) / f"{number:012d}"
+        manifest = folder / "manifest.psb"
+        manifest.unlink(missing_ok=True)  # first: a reader never sees a manifest without its parts
+        for f in folder.glob("*"):
+            f.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
     # -- heartbeats -----------------------------------------------------------
 
     def write_heartbeat(self, peer: str, body: dict[str, Any], signer: crypto.SigningKey) -> None:

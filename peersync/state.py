@@ -45,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "bundle_max_bytes": 8 * 1024 * 1024,
     # Files larger than this are sent as parts spread over several bundles.
     "part_bytes": 4 * 1024 * 1024,
+    # A snapshot is written once bundles that every peer has applied, but no snapshot
+    # covers, reach this many bytes (or a tenth of the store); then those bundles go.
+    "snapshot_min_bytes": 8 * 1024 * 1024,
+    # A peer silent for longer than this no longer holds back the removal of bundles it has
+    # not applied; when it comes back it catches up from a snapshot (30 days).
+    "silent_peer_seconds": 30 * 24 * 3600,
     # Seconds between full rescans while `peersync run` watches a store.
     "rescan_seconds": 3600,
     # Seconds a burst of file events is collected before a sync cycle.
