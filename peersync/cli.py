@@ -57,7 +57,10 @@ def _when(ts: float | None) -> str:
 def _setup_logging(state: State, verbose: bool, quiet: bool) -> None:
     root = logging.getLogger("peersync")
     root.setLevel(logging.DEBUG)
-    root.handlers.clear()
+    for old in list(root.handlers):
+        old.close()
+        root.removeHandler(old)
+    root.propagate = False
     try:
         state.log_dir().mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(

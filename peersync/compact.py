@@ -154,11 +154,12 @@ class Compactor:
             return self.e.index.meta_int("last_bundle_seq")
         return min(acks.get(p, {}).get(author, 0) for p in readers)
 
-    def is_writer(self, roster: dict[str, PeerRecord]) -> bool:
+    def is_writer(self, roster: dict[str, PeerRecord], current: set[str]) -> bool:
+        """This peer writes snapshots if its id is the smallest among current peers seen lately."""
         now = time.time()
         fresh = [self.e.ident.peer_id]
-        for peer, rec in roster.items():
-            beat = self.e.relay.read_heartbeat(peer, rec.public_key) if peer != self.e.ident.peer_id else None
+        for peer in current:
+            beat = self.e.relay.read_heartbeat(peer, roster[peer].public_key)
             if beat and now - float(beat.get("time", 0)) < WRITER_FRESH_SECONDS:
                 fresh.append(peer)
         return min(fresh) == self.e.ident.peer_id
@@ -169,7 +170,7 @@ class Compactor:
         acks, waiting_for = self._acks(roster)
         manifests = self.manifests(roster)
         latest = manifests[-1] if manifests else None
-        if self.is_writer(roster) and self._snapshot_due(roster, acks, waiting_for, latest):
+        if self.is_writer(roster, waiting_for) and self._snapshot_due(roster, acks, waiting_for, latest):
             try:
                 self.write_snapshot()
             except (OSError, PeersyncError) as exc:

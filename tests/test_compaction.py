@@ -1,0 +1,134 @@
+"""A relay that stays small: acknowledged bundles go, snapshots let late and long-absent peers catch up."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from conftest import tree
+
+
+def _relay_bytes(relay):
+    return sum(f.stat().st_size for f in relay.rglob("*") if f.is_file())
+
+
+def _store_bytes(store):
+    return sum(len(v) for v in tree(store).values() if v)
+
+
+def _bundles(relay):
+    return sorted(relay.rglob("bundles/*.psb"))
+
+
+def _configure(*peers, **settings):
+    for p in peers:
+        for key, value in settings.items():
+            p.cli("config", key, str(value), check=0)
+
+
+def test_churn_keeps_the_relay_near_the_store_size(make_peers):
+    """Thousands of edits over many cycles: the relay holds about one copy of the store, not its history."""
+    alice, bob = make_peers(2)
+    _configure(alice, bob, snapshot_min_bytes=20_000)
+    rng = random.Random(5)
+    edits = 0
+    for _cycle in range(25):
+        for _ in range(40):
+            who = rng.choice((alice, bob))
+            who.write(f"f{rng.randrange(30):02d}.txt", rng.randbytes(rng.randrange(200, 3000)))
+            edits += 1
+        alice.sync()
+        bob.sync()
+    for _ in range(2):
+        alice.sync()
+        bob.sync()
+    assert edits >= 1000
+    assert tree(alice.store) == tree(bob.store)
+    store = _store_bytes(alice.store)
+    # Everything both have applied is gone but for what the latest snapshot holds (about one store),
+    # plus bundles not yet acknowledged, plus headers, peer records and heartbeats.
+    assert _relay_bytes(alice.relay) <= 2 * store + 64_000, (_relay_bytes(alice.relay), store)
+    assert len(_bundles(alice.relay)) <= 6
+
+
+def test_bundles_stay_until_every_peer_has_applied_them(make_peers):
+    """A laptop that has not synced yet still finds every bundle it needs."""
+    alice, bob, carol = make_peers(3)
+    _configure(alice, bob, carol, snapshot_min_bytes=1000)
+    for round_ in range(5):
+        alice.write(f"a{round_}.txt", f"round {round_} " * 200)
+        alice.sync()
+        bob.sync()
+    # carol never synced: alice's bundles are all still there for her.
+    assert len([b for b in _bundles(alice.relay) if alice.home.name in str(b) or True]) >= 5
+    carol.sync()
+    assert tree(carol.store) == tree(alice.store)
+    for _ in range(2):
+        for p in (alice, bob, carol):
+            p.sync()
+    assert len(_bundles(alice.relay)) <= 3
+
+
+def test_a_late_joiner_bootstraps_from_a_snapshot(make_peers, tmp_path):
+    """A peer that joins after the early bundles were removed catches up from a snapshot."""
+    alice, bob = make_peers(2)
+    _configure(alice, bob, snapshot_min_bytes=1000)
+    for i in range(10):
+        alice.write(f"doc{i}.txt", f"version {i} " * 300)
+        bob.write(f"sub/b{i}.txt", f"bob {i} " * 300)
+        alice.sync()
+        bob.sync()
+    alice.sync()
+    bob.sync()
+    assert list(alice.relay.rglob("snapshots/*/manifest.psb")), "a snapshot was written"
+    first_seqs = [int(b.stem) for b in _bundles(alice.relay)]
+    assert not first_seqs or min(first_seqs) > 1, "early bundles were removed"
+
+    from conftest import Peer
+
+    code = alice.cli("invite", check=0).last_line
+    carol = Peer("carol", tmp_path / "home-carol", tmp_path / "carol", alice.relay)
+    carol.cli("join", code, str(carol.store), "--relay", str(carol.relay), check=0)
+    carol.sync()
+    assert tree(carol.store) == tree(alice.store) == tree(bob.store)
+    assert "caught up from it" in carol.cli("errors", check=0).out
+
+
+def test_a_peer_back_after_a_long_absence_catches_up_and_keeps_its_edits(make_peers):
+    """A laptop off for months: its missed bundles are gone; a snapshot brings it back, its edits survive."""
+    alice, bob = make_peers(2)
+    alice.write("quote.txt", "v1")
+    alice.sync()
+    bob.sync()
+    # Bob goes away. Alice stops waiting for him at once (normally after 30 days).
+    _configure(alice, silent_peer_seconds=0, snapshot_min_bytes=1000)
+    bob.write("offline-notes.txt", "written on the plane")
+    for i in range(6):
+        alice.write("quote.txt", f"v{i + 2} " * 400)
+        alice.write(f"new{i}.txt", f"new {i} " * 400)
+        alice.sync()
+    alice.sync()
+    seqs = [int(b.stem) for b in alice.relay.rglob("bundles/*.psb")]
+    assert not seqs or min(seqs) > 1, "the bundles bob missed were removed"
+    bob.sync()
+    alice.sync()
+    bob.sync()
+    assert tree(alice.store) == tree(bob.store)
+    assert alice.read("offline-notes.txt") == b"written on the plane"
+    assert bob.read("quote.txt") == ("v7 " * 400).encode()
+
+
+def test_compaction_never_removes_what_a_snapshot_does_not_cover(make_peers):
+    """Without any snapshot, acknowledged bundles stay: a future joiner would need them."""
+    alice, bob = make_peers(2)
+    _configure(alice, bob, snapshot_min_bytes=10**12)  # never due
+    for i in range(4):
+        alice.write(f"x{i}.txt", "x" * 100)
+        alice.sync()
+        bob.sync()
+    alice.sync()
+    assert not list(alice.relay.rglob("snapshots/*/manifest.psb"))
+    seqs = sorted(int(b.stem) for b in alice.relay.rglob("bundles/*.psb"))
+    assert seqs[:1] == [1]
+    state = json.loads((alice.home / "config.json").read_text())
+    assert state["settings"]["snapshot_min_bytes"] == 10**12
