@@ -192,7 +192,7 @@ def open_bundle(
     author: str,
     seq: int,
     author_key: bytes,
-    keys: dict[int, bytes],
+    keys: dict[int, bytes] | dict[int, list[bytes]],
     flags: int = FLAG_BUNDLE,
 ) -> tuple[Header, list[Record]]:
     """Verify and decode a bundle read from ``peers/<author>/bundles/<seq>.psb``.
@@ -224,13 +224,18 @@ def open_bundle(
         bad = BadBundle("bundle signature does not match its author")
         bad.retryable = True  # a cloud client may still be rewriting it
         raise bad from exc
-    key = keys.get(header.epoch)
-    if key is None:
+    candidates = keys.get(header.epoch)
+    if not candidates:
         raise BadBundle(f"bundle is sealed with store key epoch {header.epoch}, which this peer does not hold")
-    try:
-        compressed = crypto.open_sealed(key, header.nonce, ciphertext, head)
-    except CryptoError as exc:
-        raise BadBundle("bundle does not decrypt with the store key") from exc
+    compressed = b""
+    for key in [candidates] if isinstance(candidates, bytes) else candidates:
+        try:
+            compressed = crypto.open_sealed(key, header.nonce, ciphertext, head)
+            break
+        except CryptoError:
+            continue
+    else:
+        raise BadBundle("bundle does not decrypt with the store key")
     payload = bounded_decompress(compressed, header.payload_size)
     return header, decode_payload(payload)
 

@@ -95,7 +95,7 @@ def cmd_invite(state: State, args: argparse.Namespace) -> int:
     cfg = stores[0]
     _out(f"Invite code for store {cfg.name}. It holds the store's secret: send it privately.")
     _out("On the other machine: peersync join CODE STORE_DIR --relay RELAY_DIR")
-    _out(make_invite(cfg, state.store_secret(cfg.id), ident))
+    _out(make_invite(cfg, state.store_secrets(cfg.id), ident))
     return 0
 
 
@@ -281,6 +281,64 @@ def cmd_errors(state: State, args: argparse.Namespace) -> int:
         finally:
             engine.close()
     return 0
+
+
+def cmd_peers(state: State, args: argparse.Namespace) -> int:
+    words = list(args.words)
+    if words and words[0] == "remove":
+        if len(words) != 2:
+            raise UsageError("say which peer to remove: `peersync peers remove PEER` (its name or id)")
+        return _peers_remove(state, words[1], args.store, args.yes)
+    if len(words) > 1:
+        raise UsageError("`peersync peers` takes at most one store")
+    for engine in _engines(state, words[0] if words else args.store):
+        try:
+            roster, problems = engine.roster()
+            mine = engine.index.meta_int("last_bundle_seq")
+            _out(f"{engine.cfg.name}:")
+            for peer, rec in sorted(roster.items(), key=lambda kv: kv[1].name):
+                if peer == engine.ident.peer_id:
+                    _out(f"  {peer[:7]}  {rec.name}  {rec.machine}  {rec.user}  (this peer)")
+                    continue
+                beat = engine.relay.read_heartbeat(peer, rec.public_key) or {}
+                acked = int(beat.get("applied", {}).get(engine.ident.peer_id, 0)) if beat else 0
+                _out(f"  {peer[:7]}  {rec.name}  {rec.machine}  {rec.user}  last seen {_when(beat.get('time'))}, "
+                     f"has applied {acked} of this peer's {mine} bundles")
+            for peer, after in sorted(engine.removed.items()):
+                _out(f"  {peer[:7]}  removed (bundles after {after} rejected)")
+            for peer, problem in sorted(problems.items()):
+                _out(f"  {peer[:7]}  not a member: {problem}")
+        finally:
+            engine.close()
+    return 0
+
+
+def _peers_remove(state: State, which: str, store: str | None, yes: bool) -> int:
+    engines = _engines(state, store)
+    try:
+        if len(engines) > 1:
+            raise UsageError("this peer keeps several stores", "name one with --store")
+        engine = engines[0]
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"removing {which} from {engine.cfg.name} needs confirmation", "add --yes")
+            answer = input(f"Remove {which} from {engine.cfg.name}? Its later bundles are rejected and the store "
+                           "key is changed so it cannot read new ones. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                _out("Nothing removed.")
+                return 0
+        lock = Lock(state, "cycle")
+        lock.acquire(timeout=60, what="finish its cycle")
+        try:
+            target, after = engine.remove_peer(which)
+        finally:
+            lock.release()
+        _out(f"Removed {target.name} ({target.peer_id[:7]}) from {engine.cfg.name}: bundles after {after} are "
+             f"rejected and the store key was changed. New peers need a new invite.")
+        return 0
+    finally:
+        for e in engines:
+            e.close()
 
 
 def _queue_items(engine: Engine) -> list[tuple[int, str, str, int]]:
@@ -583,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="the store, with drop")
     s.add_argument("--yes", action="store_true", help="drop without asking")
     s.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("peers", help="list the store's peers; `peers remove PEER` revokes a lost machine")
+    s.add_argument("words", nargs="*", metavar="STORE | remove PEER")
+    s.add_argument("--store", help="the store, with remove")
+    s.add_argument("--yes", action="store_true", help="remove without asking")
+    s.set_defaults(func=cmd_peers)
 
     s = sub.add_parser("reset", help="clear a half-synced item so the next cycle redoes it from disk")
     s.add_argument("path", nargs="?")

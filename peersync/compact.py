@@ -166,7 +166,7 @@ class Compactor:
 
     def maintain(self, report: CycleReport) -> None:
         """Write a snapshot when one is due, then delete what snapshots and acknowledgements allow."""
-        roster, _ = self.e.relay.roster(self.e.roster_key)
+        roster, _ = self.e.roster()
         acks, waiting_for = self._acks(roster)
         manifests = self.manifests(roster)
         latest = manifests[-1] if manifests else None
@@ -226,8 +226,8 @@ class Compactor:
 
         def flush() -> None:
             nonlocal batch, size
-            data = bundle.seal(batch, store_id=e.cfg.id, author=e.ident.peer_id, epoch=0, seq=len(digests) + 1,
-                               key=e.keys[0], signer=e.ident.key, flags=bundle.FLAG_SNAPSHOT_PART)
+            data = bundle.seal(batch, store_id=e.cfg.id, author=e.ident.peer_id, epoch=e.epoch, seq=len(digests) + 1,
+                               key=e.seal_key, signer=e.ident.key, flags=bundle.FLAG_SNAPSHOT_PART)
             e.relay.write_snapshot_file(e.ident.peer_id, number, f"{len(digests) + 1:012d}.psb", data)
             digests.append(hashlib.sha256(data).hexdigest())
             batch, size = [], 0
@@ -242,8 +242,8 @@ class Compactor:
         if batch or not digests:
             flush()
         manifest = Record({"op": "snapshot", "parts": digests, "applied": applied, "time": time.time()})
-        data = bundle.seal([manifest], store_id=e.cfg.id, author=e.ident.peer_id, epoch=0, seq=number,
-                           key=e.keys[0], signer=e.ident.key, flags=bundle.FLAG_SNAPSHOT_MANIFEST)
+        data = bundle.seal([manifest], store_id=e.cfg.id, author=e.ident.peer_id, epoch=e.epoch, seq=number,
+                           key=e.seal_key, signer=e.ident.key, flags=bundle.FLAG_SNAPSHOT_MANIFEST)
         e.relay.write_snapshot_file(e.ident.peer_id, number, "manifest.psb", data)
         with e.index.tx():
             e.index.set_meta("snapshot_seq", number)

@@ -7,6 +7,8 @@
 - Bundles: ChaCha20-Poly1305 with a random 96-bit nonce; the bundle header is
   the associated data.
 - Roster records (peer.json): HMAC-SHA256 under the roster key.
+- Key rotation: each peer also has an X25519 key; a new store secret is sealed
+  to each remaining member (X25519 agreement, HKDF-SHA256, ChaCha20-Poly1305).
 
 Every failed check raises the one error :class:`CryptoError`.
 """
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -113,6 +116,49 @@ def mac(key: bytes, data: bytes) -> bytes:
 def check_mac(key: bytes, data: bytes, tag: bytes) -> None:
     if not hmac.compare_digest(mac(key, data), tag):
         raise CryptoError("record is not authenticated by the store secret")
+
+
+class BoxKey:
+    """An X25519 private key: receives store secrets sealed to this peer."""
+
+    def __init__(self, key: X25519PrivateKey) -> None:
+        self._key = key
+
+    @classmethod
+    def generate(cls) -> BoxKey:
+        return cls(X25519PrivateKey.generate())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> BoxKey:
+        if len(raw) != 32:
+            raise CryptoError("the key-exchange key file is damaged")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    def to_bytes(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    def public_bytes(self) -> bytes:
+        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def _shared(self, other_public: bytes, info: bytes) -> bytes:
+        try:
+            secret = self._key.exchange(X25519PublicKey.from_public_bytes(other_public))
+        except ValueError as exc:
+            raise CryptoError("a peer's key-exchange key is not valid") from exc
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"peersync v1 box " + info).derive(secret)
+
+    def seal_to(self, recipient_public: bytes, plaintext: bytes, info: bytes) -> bytes:
+        nonce = random_bytes(NONCE_BYTES)
+        return nonce + ChaCha20Poly1305(self._shared(recipient_public, info)).encrypt(nonce, plaintext, info)
+
+    def open_from(self, sender_public: bytes, sealed: bytes, info: bytes) -> bytes:
+        try:
+            key = self._shared(sender_public, info)
+            return ChaCha20Poly1305(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], info)
+        except (InvalidTag, ValueError) as exc:
+            raise CryptoError("a sealed store key did not open") from exc
 
 
 def fingerprint(public_key: bytes) -> bytes:

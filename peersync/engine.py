@@ -6,6 +6,7 @@ applier) and nothing above it: the CLI and the service call ``cycle``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import logging
@@ -15,19 +16,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import bundle, paths
+from . import bundle, crypto, paths
 from . import vector as vv
 from .apply import Applier, check_record
 from .bundle import Record
 from .compact import Compactor
 from .conflict import is_conflict_copy
-from .errors import BadBundle, IncompleteBundle, PeersyncError, RelayError, StorePausedError
+from .errors import (
+    BadBundle,
+    CryptoError,
+    IncompleteBundle,
+    PeersyncError,
+    RefusedError,
+    RelayError,
+    StorePausedError,
+    UsageError,
+)
 from .ignore import Ignore
 from .index import Entry, Index
-from .relay import Relay
+from .relay import PeerRecord, Relay
 from .scan import Scanner
 from .state import Identity, State, StoreConfig
-from .store import bundle_key, check_marker, roster_key
+from .store import bundle_key, check_marker, roster_key, rotation_info
 from .versions import Archive
 
 log = logging.getLogger("peersync")
@@ -73,10 +83,10 @@ class Engine:
         self.progress = progress
         self.settings = state.settings(cfg)
         self.exclude = tuple(self.settings["exclude"]) + exclude
-        self.secret = state.store_secret(cfg.id)
-        self.keys = {0: bundle_key(self.secret, 0)}
-        self.roster_key = roster_key(self.secret)
         self.relay = Relay(Path(cfg.relay), cfg.id)
+        self._load_keys()
+        # Removed peers: the last sequence still accepted from each.
+        self.removed: dict[str, int] = {}
         self.index = Index(state.store_dir(cfg.id) / "index.db")
         self.archive = Archive(state.versions_dir(cfg.id), self.index)
         self.staging = state.store_dir(cfg.id) / "staging"
@@ -85,6 +95,122 @@ class Engine:
 
     def close(self) -> None:
         self.index.close()
+
+    # -- keys and membership ---------------------------------------------------
+
+    def _load_keys(self) -> None:
+        """Bundle keys of every key epoch held, and the roster keys that authenticate peer records."""
+        self.secrets = self.state.store_secrets(self.cfg.id)
+        self.keys: dict[int, list[bytes]] = {}
+        self.roster_keys: dict[int, bytes] = {}
+        for epoch, by_writer in self.secrets.items():
+            writers = sorted(by_writer)  # concurrent rotations: the smallest writer's key seals
+            self.keys[epoch] = [bundle_key(by_writer[w], epoch) for w in writers]
+            self.roster_keys[epoch] = roster_key(by_writer[writers[0]])
+        self.epoch = max(self.keys)
+        self.seal_key = self.keys[self.epoch][0]
+
+    def roster(self) -> tuple[dict[str, PeerRecord], dict[str, str]]:
+        """Current members (removed peers left out) and the problems of peer folders that are not.
+
+        Removals and key rotations are read from every member's signed
+        roster.json; secrets sealed to this peer are learned on the way.
+        After a rotation, a peer record counts only if the newest roster key
+        authenticates it or the rotation lists it as a member.
+        """
+        peers, problems = self.relay.roster(self.roster_keys)
+        records = {p: self.relay.read_roster_record(p, rec.public_key) for p, rec in peers.items()}
+        removed: dict[str, int] = {}
+        for _ in range(2):  # a removal by a removed peer does not count
+            removed = {}
+            for writer, record in records.items():
+                if record is None or writer in removed:
+                    continue
+                for r in record.get("removed", []):
+                    if isinstance(r, dict) and isinstance(r.get("peer"), str) and r["peer"] != writer:
+                        removed[r["peer"]] = min(int(r.get("after", 0)), removed.get(r["peer"], 1 << 62))
+        if self._learn_secrets(peers, records, removed):
+            peers, problems = self.relay.roster(self.roster_keys)
+        members: set[str] = set()
+        for writer, record in records.items():
+            if record is None or writer in removed:
+                continue
+            for ep in record.get("epochs", []):
+                if isinstance(ep, dict) and ep.get("epoch") == self.epoch:
+                    members |= {str(m) for m in ep.get("members", [])}
+        current = {}
+        for p, rec in peers.items():
+            if p in removed:
+                continue
+            if self.epoch and rec.epoch != self.epoch and p not in members:
+                problems[p] = "joined with an invite from before the store key was rotated; it needs a new invite"
+                continue
+            current[p] = rec
+        self.removed = removed
+        self._removed_records = {p: peers[p] for p in removed if p in peers}
+        return current, problems
+
+    def remove_peer(self, which: str) -> tuple[PeerRecord, int]:
+        """Revoke a peer (a lost laptop): reject its later bundles and rotate the store key without it.
+
+        Returns the removed peer's record and the last of its bundles still accepted.
+        """
+        roster, _ = self.roster()
+        me = self.ident.peer_id
+        matches = [rec for p, rec in roster.items() if which in (p, rec.name) or (len(which) >= 4 and
+                                                                                 p.startswith(which.upper()))]
+        if not matches:
+            raise UsageError(f"no current peer {which!r} in store {self.cfg.name}", "see `peersync peers`")
+        if len(matches) > 1:
+            raise UsageError(f"{which!r} names several peers", "give more of its id, as `peersync peers` shows it")
+        target = matches[0]
+        if target.peer_id == me:
+            raise RefusedError("a peer cannot remove itself", "remove it from another peer")
+        after = self.index.applied().get(target.peer_id, 0)
+        epoch = self.epoch + 1
+        secret = crypto.random_bytes(crypto.SECRET_BYTES)
+        members = sorted(p for p in roster if p != target.peer_id)
+        keys = {p: base64.b64encode(self.ident.box.seal_to(roster[p].box_key, secret,
+                                                            rotation_info(self.cfg.id, epoch))).decode()
+                for p in members if p != me and roster[p].box_key}
+        record = self.relay.read_roster_record(me, self.ident.public_key) or {}
+        record = {
+            "removed": list(record.get("removed", [])) + [
+                {"peer": target.peer_id, "name": target.name, "after": after, "time": time.time()}],
+            "epochs": list(record.get("epochs", [])) + [{"epoch": epoch, "members": members, "keys": keys}],
+        }
+        self.state.save_store_secret(self.cfg.id, secret, epoch, me)
+        self.relay.write_roster_record(me, record, self.ident.key)
+        self._load_keys()
+        # peer.json stays as it is: peers still holding only the old key must go on recognising this
+        # peer, to read the rotation at all. The rotation's member list vouches for every member.
+        with self.index.tx():
+            self.index.add_correction(f"peer {target.peer_id[:7]}",
+                                      f"removed {target.name}; store key rotated to epoch {epoch}")
+        return target, after
+
+    def _learn_secrets(self, peers: dict[str, PeerRecord], records: dict[str, dict[str, Any] | None],
+                       removed: dict[str, int]) -> bool:
+        learned = False
+        me = self.ident.peer_id
+        for writer, record in records.items():
+            if record is None or writer in removed or writer == me:
+                continue
+            for ep in record.get("epochs", []):
+                try:
+                    epoch = int(ep["epoch"])
+                    if writer in self.secrets.get(epoch, {}) or me not in ep.get("keys", {}):
+                        continue
+                    sealed = base64.b64decode(ep["keys"][me])
+                    secret = self.ident.box.open_from(peers[writer].box_key, sealed, rotation_info(self.cfg.id, epoch))
+                except (KeyError, TypeError, ValueError, CryptoError) as exc:
+                    log.warning("cannot take the store key of peer %s: %s", writer[:7], exc)
+                    continue
+                self.state.save_store_secret(self.cfg.id, secret, epoch, writer)
+                learned = True
+        if learned:
+            self._load_keys()
+        return learned
 
     def _parts(self, exclude: tuple[str, ...] = (), delete_delay: float = 0.0) -> tuple[Ignore, Scanner, Applier]:
         ignore = Ignore(self.cfg.root, self.exclude + exclude)
@@ -222,8 +348,8 @@ class Engine:
         def flush() -> None:
             nonlocal seq, batch, batch_size
             seq += 1
-            data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=0, seq=seq,
-                               key=self.keys[0], signer=self.ident.key)
+            data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=self.epoch, seq=seq,
+                               key=self.seal_key, signer=self.ident.key)
             self.relay.write_bundle(self.ident.peer_id, seq, data)
             self.progress("publish", 1, len(data))
             with self.index.tx():
@@ -298,7 +424,7 @@ class Engine:
     def _wanted(self) -> list[Entry]:
         """Live files other peers asked for (a rename whose content they did not have)."""
         out: list[Entry] = []
-        roster, _ = self.relay.roster(self.roster_key)
+        roster, _ = self.roster()
         for peer, rec in roster.items():
             if peer == self.ident.peer_id:
                 continue
@@ -317,7 +443,7 @@ class Engine:
     # -- reading ------------------------------------------------------------------
 
     def _read(self, applier: Applier, report: CycleReport) -> None:
-        roster, problems = self.relay.roster(self.roster_key)
+        roster, problems = self.roster()
         with self.index.tx():
             self.index.clear_errors("peer:")
             for peer, problem in problems.items():
@@ -329,12 +455,20 @@ class Engine:
         Compactor(self).bootstrap(applier, roster, report)
         applied = self.index.applied()
         grace = float(self.settings["bundle_grace_seconds"])
-        for peer, rec in sorted(roster.items()):
+        readable = dict(roster, **self._removed_records)
+        for peer, rec in sorted(readable.items()):
             if peer == self.ident.peer_id:
                 continue
             found, _strays = self.relay.list_bundles(peer)
             seq = applied.get(peer, 0) + 1
-            while seq in found:
+            limit = self.removed.get(peer, 1 << 62)
+            rejected = [s for s in found if s > limit]
+            if rejected and not self.index.get_meta(f"rejected:{peer}:{max(rejected)}"):
+                with self.index.tx():
+                    self.index.set_meta(f"rejected:{peer}:{max(rejected)}", time.time())
+                    self.index.add_correction(f"peer {peer[:7]}", f"rejected its bundles after {limit}: it was "
+                                                                  "removed from the store")
+            while seq in found and seq <= limit:
                 try:
                     header, records = self._open(found[seq], peer, seq, rec.public_key)
                 except (IncompleteBundle, BadBundle) as exc:
@@ -457,7 +591,7 @@ class Engine:
     # -- what status shows ------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        roster, problems = self.relay.roster(self.roster_key)
+        roster, problems = self.roster()
         applied = self.index.applied()
         peers = []
         incoming = 0

@@ -47,6 +47,8 @@ class PeerRecord:
     machine: str
     user: str
     joined: float
+    box_key: bytes = b""  # X25519: store secrets of later key epochs are sealed to it
+    epoch: int = 0  # the key epoch whose roster key authenticates this record
 
 
 class Relay:
@@ -95,6 +97,7 @@ class Relay:
             "machine": record.machine,
             "user": record.user,
             "joined": record.joined,
+            "box_key": base64.b64encode(record.box_key).decode(),
         }
         body["mac"] = base64.b64encode(crypto.mac(roster_key, canonical(body))).decode()
         fsutil.atomic_write(self.peer_dir(record.peer_id) / "peer.json", json.dumps(body, indent=2).encode())
@@ -105,30 +108,43 @@ class Relay:
         except OSError:
             return []
 
-    def read_peer_record(self, peer: str, roster_key: bytes) -> PeerRecord:
-        """The authenticated record of ``peer``; raises CryptoError or OSError/ValueError."""
+    def read_peer_record(self, peer: str, roster_keys: dict[int, bytes]) -> PeerRecord:
+        """The authenticated record of ``peer``; raises CryptoError or OSError/ValueError.
+
+        ``roster_keys`` maps key epochs to roster keys; the record says which one authenticated it.
+        """
         from .state import peer_id_of
 
         data = json.loads((self.peer_dir(peer) / "peer.json").read_text("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("peer.json is not an object")
         tag = base64.b64decode(data.pop("mac", ""))
-        crypto.check_mac(roster_key, canonical(data), tag)
+        epoch = -1
+        for e, key in sorted(roster_keys.items(), reverse=True):
+            try:
+                crypto.check_mac(key, canonical(data), tag)
+            except CryptoError:
+                continue
+            epoch = e
+            break
+        if epoch < 0:
+            raise CryptoError("record is not authenticated by the store secret")
         if data.get("store_id") != self.store_id or data.get("peer_id") != peer:
             raise CryptoError("peer.json was copied from another store or peer")
         public_key = base64.b64decode(data["public_key"])
         if peer_id_of(public_key) != peer:
             raise CryptoError("peer.json's key does not match its peer id")
+        box = base64.b64decode(data.get("box_key", ""))
         return PeerRecord(peer, public_key, str(data["name"]), str(data["machine"]), str(data["user"]),
-                          float(data["joined"]))
+                          float(data["joined"]), box, epoch)
 
-    def roster(self, roster_key: bytes) -> tuple[dict[str, PeerRecord], dict[str, str]]:
+    def roster(self, roster_keys: dict[int, bytes]) -> tuple[dict[str, PeerRecord], dict[str, str]]:
         """Authenticated peers, and the problems of the folders that are not."""
         peers: dict[str, PeerRecord] = {}
         problems: dict[str, str] = {}
         for peer in self.peer_ids():
             try:
-                peers[peer] = self.read_peer_record(peer, roster_key)
+                peers[peer] = self.read_peer_record(peer, roster_keys)
             except FileNotFoundError:
                 problems[peer] = "has no peer.json yet"
             except CryptoError as exc:
@@ -225,6 +241,25 @@ class Relay:
             folder.rmdir()
         except OSError:
             pass
+
+    # -- roster changes (removals, key rotations) ------------------------------
+
+    def write_roster_record(self, peer: str, body: dict[str, Any], signer: crypto.SigningKey) -> None:
+        body = dict(body, peer_id=peer, store_id=self.store_id)
+        body["sig"] = base64.b64encode(signer.sign(canonical(body))).decode()
+        fsutil.atomic_write(self.peer_dir(peer) / "roster.json", json.dumps(body, indent=1).encode())
+
+    def read_roster_record(self, peer: str, public_key: bytes) -> dict[str, Any] | None:
+        """``peer``'s removals and key rotations, if present and signed by it."""
+        try:
+            data = json.loads((self.peer_dir(peer) / "roster.json").read_text("utf-8"))
+            sig = base64.b64decode(data.pop("sig"))
+            crypto.verify(public_key, sig, canonical(data))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CryptoError):
+            return None
+        if data.get("peer_id") != peer or data.get("store_id") != self.store_id:
+            return None
+        return data  # type: ignore[no-any-return]
 
     # -- heartbeats -----------------------------------------------------------
 

@@ -109,6 +109,7 @@ class Identity:
     machine: str
     user: str
     key: crypto.SigningKey
+    box: crypto.BoxKey
 
     @property
     def public_key(self) -> bytes:
@@ -163,17 +164,24 @@ class State:
         try:
             info = json.loads(info_path.read_text("utf-8"))
             key = crypto.SigningKey.from_bytes(key_path.read_bytes())
+            box = self._box_key()
         except (OSError, ValueError) as exc:
             raise StateError(
                 f"the identity in {self.root} cannot be read ({exc})",
                 "restore the state folder from a backup or re-join the store with a new state folder",
             ) from exc
-        ident = Identity(info["peer_id"], info["name"], info["machine"], info["user"], key)
+        ident = Identity(info["peer_id"], info["name"], info["machine"], info["user"], key, box)
         if peer_id_of(ident.public_key) != ident.peer_id:
             raise StateError(f"the identity in {self.root} does not match its key", "re-join with a new state folder")
         self._check_owner()
         self._check_not_copied(ident)
         return ident
+
+    def _box_key(self) -> crypto.BoxKey:
+        path = self.root / "identity.box"
+        if not path.exists():
+            fsutil.write_private(path, crypto.BoxKey.generate().to_bytes())
+        return crypto.BoxKey.from_bytes(path.read_bytes())
 
     def _check_owner(self) -> None:
         """Refuse another OS user's state folder: its keys, index and service are that user's alone."""
@@ -211,7 +219,7 @@ class State:
             "created": time.time(),
         }
         fsutil.atomic_write(self.root / "identity.json", json.dumps(info, indent=2).encode())
-        return Identity(peer, info["name"], machine, user, key)
+        return Identity(peer, info["name"], machine, user, key, self._box_key())
 
     # -- configuration --------------------------------------------------------
 
@@ -312,6 +320,17 @@ class State:
                 "re-join the store with an invite code",
             ) from exc
 
-    def save_store_secret(self, store_id: str, secret: bytes) -> None:
+    def save_store_secret(self, store_id: str, secret: bytes, epoch: int = 0, writer: str = "") -> None:
+        """Keep a store secret; epochs after 0 come from key rotations (``writer`` made it)."""
         fsutil.make_private_dir(self.store_dir(store_id))
-        fsutil.write_private(self.store_dir(store_id) / "secret", secret)
+        name = "secret" if epoch == 0 else f"secret.{epoch}" + (f".{writer}" if writer else "")
+        fsutil.write_private(self.store_dir(store_id) / name, secret)
+
+    def store_secrets(self, store_id: str) -> dict[int, dict[str, bytes]]:
+        """Every secret of the store this peer holds: epoch -> writer of the rotation -> secret."""
+        out: dict[int, dict[str, bytes]] = {0: {"": self.store_secret(store_id)}}
+        for f in self.store_dir(store_id).glob("secret.*"):
+            parts = f.name.split(".")
+            if len(parts) in (2, 3) and parts[1].isdigit():
+                out.setdefault(int(parts[1]), {})[parts[2] if len(parts) == 3 else ""] = f.read_bytes()
+        return out

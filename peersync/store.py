@@ -110,9 +110,15 @@ def _unique_name(state: State, name: str, store_id: str) -> None:
 # -- invites --------------------------------------------------------------------
 
 
-def make_invite(cfg: StoreConfig, secret: bytes, ident: Identity) -> str:
-    body = json.dumps({"v": 1, "store": cfg.id, "name": cfg.name, "secret": base64.b64encode(secret).decode(),
-                       "from": ident.peer_id}, separators=(",", ":")).encode()
+def make_invite(cfg: StoreConfig, secrets: dict[int, dict[str, bytes]], ident: Identity) -> str:
+    """An invite: the store's id and name, and every store secret (rotated ones too, to read old bundles)."""
+    fields: dict[str, Any] = {"v": 1, "store": cfg.id, "name": cfg.name,
+                              "secret": base64.b64encode(secrets[0][""]).decode(), "from": ident.peer_id}
+    rotated = [[epoch, writer, base64.b64encode(s).decode()]
+               for epoch, by_writer in sorted(secrets.items()) if epoch for writer, s in sorted(by_writer.items())]
+    if rotated:
+        fields["rotated"] = rotated
+    body = json.dumps(fields, separators=(",", ":")).encode()
     check = hashlib.sha256(body).digest()[:4]
     return INVITE_PREFIX + base64.urlsafe_b64encode(body + check).decode().rstrip("=")
 
@@ -140,6 +146,12 @@ def read_invite(code: str) -> dict[str, Any]:
         if not isinstance(data.get("name"), str) or not 0 < len(data["name"]) <= 200 or any(
                 ord(c) < 32 for c in data["name"]):
             raise bad
+        rotated: dict[int, dict[str, bytes]] = {}
+        for epoch, writer, secret in data.get("rotated", []):
+            if not (isinstance(epoch, int) and epoch > 0 and isinstance(writer, str) and ID_RE.match(writer)):
+                raise bad
+            rotated.setdefault(epoch, {})[writer] = base64.b64decode(secret)
+        data["rotated"] = rotated
         return data  # type: ignore[no-any-return]
     except (ValueError, KeyError, TypeError) as exc:
         raise bad from exc
@@ -156,13 +168,29 @@ def bundle_key(secret: bytes, epoch: int = 0) -> bytes:
     return crypto.derive_key(secret, "bundle", epoch)
 
 
-def _register(state: State, ident: Identity, cfg: StoreConfig, secret: bytes) -> None:
-    relay = Relay(Path(cfg.relay), cfg.id)
+def rotation_info(store_id: str, epoch: int) -> bytes:
+    """What a sealed store secret of a key rotation is bound to."""
+    return f"{store_id} epoch {epoch}".encode()
+
+
+def write_own_record(relay: Relay, ident: Identity, secrets: dict[int, dict[str, bytes]]) -> None:
+    """This peer's peer.json, authenticated with the newest roster key it holds."""
+    epoch = max(secrets)
+    newest = secrets[epoch][sorted(secrets[epoch])[0]]
     relay.write_peer_record(
-        PeerRecord(ident.peer_id, ident.public_key, ident.name, ident.machine, ident.user, time.time()),
-        roster_key(secret),
+        PeerRecord(ident.peer_id, ident.public_key, ident.name, ident.machine, ident.user, time.time(),
+                   ident.box.public_bytes()),
+        roster_key(newest),
     )
+
+
+def _register(state: State, ident: Identity, cfg: StoreConfig, secret: bytes,
+              rotated: dict[int, dict[str, bytes]] | None = None) -> None:
     state.save_store_secret(cfg.id, secret)
+    for epoch, by_writer in (rotated or {}).items():
+        for writer, s in by_writer.items():
+            state.save_store_secret(cfg.id, s, epoch, writer)
+    write_own_record(Relay(Path(cfg.relay), cfg.id), ident, state.store_secrets(cfg.id))
     cfg.root.mkdir(parents=True, exist_ok=True)
     write_marker(cfg.root, cfg.id, ident)
     index = Index(state.store_dir(cfg.id) / "index.db")
@@ -203,7 +231,7 @@ def join_store(state: State, code: str, store_dir: Path, relay_dir: Path) -> tup
     cfg = StoreConfig(invite["store"], invite["name"], str(store_dir), str(relay_dir))
     relay = Relay(relay_dir, cfg.id)
     present = relay.store_json() is not None
-    _register(state, ident, cfg, invite["secret"])
+    _register(state, ident, cfg, invite["secret"], invite["rotated"])
     return cfg, present
 
 

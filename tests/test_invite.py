@@ -36,7 +36,7 @@ def ident(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Identity:
 
 
 def invite(ident: Identity, name: str = "docs", secret: bytes = SECRET, store: str = STORE_ID) -> str:
-    return make_invite(StoreConfig(store, name, "/store", "/relay"), secret, ident)
+    return make_invite(StoreConfig(store, name, "/store", "/relay"), {0: {"": secret}}, ident)
 
 
 def encode(body: bytes, check: bytes | None = None) -> str:
@@ -47,7 +47,8 @@ def encode(body: bytes, check: bytes | None = None) -> str:
 
 def test_round_trip(ident: Identity) -> None:
     data = read_invite(invite(ident))
-    assert data == {"v": 1, "store": STORE_ID, "name": "docs", "secret": SECRET, "from": ident.peer_id}
+    assert data == {"v": 1, "store": STORE_ID, "name": "docs", "secret": SECRET, "from": ident.peer_id,
+                    "rotated": {}}
 
 
 @settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])  # ident is read-only
@@ -227,3 +228,12 @@ def test_invite_error_is_a_refusal_with_a_hint() -> None:
         read_invite("PSYNC1-AAAA")
     assert info.value.exit_status == 2
     assert "invite" in info.value.hint
+
+
+def test_an_invite_after_a_key_rotation_carries_every_secret(ident: Identity) -> None:
+    """A peer joining after a lost laptop was removed can read old bundles and new ones."""
+    writer = "A" * 26
+    code = make_invite(StoreConfig(STORE_ID, "docs", "/s", "/r"), {0: {"": SECRET}, 1: {writer: b"\x07" * 32}}, ident)
+    data = read_invite(code)
+    assert data["secret"] == SECRET
+    assert data["rotated"] == {1: {writer: b"\x07" * 32}}

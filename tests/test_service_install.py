@@ -505,7 +505,7 @@ def test_invite_joins_once(tmp_path: Path, state: State) -> None:
     relay.mkdir()
     creator = State(tmp_path / "creator")
     cfg = init_store(creator, tmp_path / "office", relay, "quotes")
-    code = make_invite(cfg, creator.store_secret(cfg.id), creator.identity())
+    code = make_invite(cfg, creator.store_secrets(cfg.id), creator.identity())
     fake = FakeOS()
     host = make_host(tmp_path, "linux", fake)
     first = svc.install(host, state, store=str(tmp_path / "laptop"), relay=str(relay), invite=code)

@@ -659,10 +659,13 @@ class Doctor:
 
     def _peers(self, r: str, cfg: StoreConfig, ident: Identity, relay: Relay, engine: Engine | None) -> None:
         try:
-            key = roster_key(self.state.store_secret(cfg.id))
+            keys = {0: roster_key(self.state.store_secret(cfg.id))}
         except PeersyncError:
             return  # reported as store:<name>:secret
-        roster, problems = relay.roster(key)
+        if engine is not None:
+            roster, problems = engine.roster()
+        else:
+            roster, problems = relay.roster(keys)
         for peer, problem in sorted(problems.items()):
             status = "info" if "no peer.json yet" in problem else "warn"
             self.add(f"peer:{cfg.name}:{peer[:7]}", status, f"relay folder of peer {peer[:7]}: {problem}",
