@@ -73,6 +73,11 @@ def _assert_relay_bundles_whole(relay: Path) -> None:
             assert len(raw) == header.total_size, f"{f} is a partial bundle under its final name"
 
 
+def _contents(store: Path) -> set[bytes]:
+    """What the store's files hold (peersync's temporary files are not store files)."""
+    return {v for rel, v in tree(store).items() if v and not Path(rel).name.startswith(".peersync-tmp-")}
+
+
 def _timed_sync(peer: Peer) -> float:
     t0 = time.perf_counter()
     peer.sync()
@@ -105,10 +110,10 @@ def _crash_campaign(make_peers, kills: int, seed: int) -> None:
     for k in range(2 + kills, 2 + 2 * kills):
         new_version(k)
         alice.sync()
-        ever_on_bob |= {v for v in tree(bob.store).values() if v}
+        ever_on_bob |= _contents(bob.store)
         killed += _kill_during(bob, rng.uniform(0.1, span))
         _assert_whole(bob.store, written)
-        ever_on_bob |= {v for v in tree(bob.store).values() if v}
+        ever_on_bob |= _contents(bob.store)
     assert killed >= kills, "most kills must land while a sync is still running, or this proves nothing"
     bob.sync()
     alice.sync()
@@ -119,7 +124,7 @@ def _crash_campaign(make_peers, kills: int, seed: int) -> None:
     for peer in (alice, bob):
         assert "0 changes to send" in peer.cli("queue", check=0).out
     # Nothing peersync replaced on bob is lost: it is in his store or his versions archive.
-    kept = {v for v in tree(bob.store).values() if v}
+    kept = _contents(bob.store)
     archived = {f.name for f in (bob.home / "versions").rglob("*") if f.is_file()}
     lost = [v[:20] for v in ever_on_bob if v not in kept and hashlib.sha256(v).hexdigest() not in archived]
     assert not lost, f"{len(lost)} contents that were on bob's disk are gone: {lost[:3]}"
