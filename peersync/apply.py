@@ -175,9 +175,10 @@ class Applier:
                                         f"{path} cannot be applied ({exc.__class__.__name__}: {exc})",
                                         "it is retried every cycle; the log has the details")
             return
-        with self.index.tx():
-            self.index.drop_pending(path)
-            self.index.clear_error(f"apply:{path}")
+        if self.index.has_pending_or_error(path):  # usually not: spare a commit (and its fsync)
+            with self.index.tx():
+                self.index.drop_pending(path)
+                self.index.clear_error(f"apply:{path}")
 
     def _stage(self, m: dict[str, Any], data: bytes | Path | None) -> str:
         """Keep a pending operation's content in the state folder so the bundle is not needed again."""

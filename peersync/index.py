@@ -247,6 +247,11 @@ class Index:
         rows = self.db.execute("SELECT path, meta, staged, reason, first_seen, attempts FROM pending ORDER BY path")
         return [(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
+    def has_pending_or_error(self, path: str) -> bool:
+        return bool(self.db.execute(
+            "SELECT 1 FROM pending WHERE path=? UNION ALL SELECT 1 FROM errors WHERE key=? LIMIT 1",
+            (path, f"apply:{path}")).fetchone())
+
     def drop_pending(self, path: str) -> None:
         self.db.execute("DELETE FROM pending WHERE path=?", (path,))
 
