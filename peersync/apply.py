@@ -291,16 +291,21 @@ class Applier:
             local.deleted or local.kind == "dir" or local.hash == remote.hash
         )
         wins = remote_wins(local, remote)
-        if same:
-            if wins:  # adopt the winner's vector so every peer ends with the same row
-                with self.index.tx():
-                    local.vector, local.modified_by, local.local_seq = remote.vector, remote.modified_by, 0
-                    self.index.put(local)
+        # Every peer that sees both sides ends with the same row: the winner's content under the
+        # merge of both vectors, so a later change on either side dominates it everywhere.
+        merged = vv.merge(local.vector, remote.vector)
+        if same or not wins:
+            # Same content: nothing to write. Local side wins: the peer that holds the losing
+            # side keeps it as a conflict copy.
+            with self.index.tx():
+                local.vector = merged
+                if same and wins:
+                    local.modified_by = remote.modified_by
+                self.index.put(local)
             return
-        if not wins:
-            return  # the peer that holds the losing side keeps it as a conflict copy
         keep = local.live and local.kind == "file"
         self.conflicts += keep
+        remote.vector = merged
         self._enact(local, remote, m, data, keep_local_as_conflict=keep)
 
     # -- doing ----------------------------------------------------------------
@@ -474,15 +479,11 @@ class Applier:
                 except OSError:
                     pass  # files nobody else has live in it: the next scan sends the folder back
             elif st is not None and statmod.S_ISREG(st.st_mode):
-                # Content that lives on at another path (a rename) needs no archive copy.
-                elsewhere = any(e.path != local.path for e in self.index.find_by_hash(local.hash))
-                created = False if elsewhere else self.archive.keep(
-                    target, local.path, local.hash, local.size, local.mtime_ns, "deleted")
+                created = self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "deleted")
                 try:
                     target.unlink()
                 except OSError as exc:
-                    if not elsewhere:
-                        self.archive.undo(local.path, local.hash, created)
+                    self.archive.undo(local.path, local.hash, created)
                     raise self._os_retry(remote.path, exc) from exc
                 fsutil.fsync_dir(target.parent)
         with self.index.tx():

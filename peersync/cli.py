@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from .index import Index
 from .lock import Lock
 from .progress import reporter_for
 from .schedule import parse as parse_schedule
-from .state import State
+from .state import DEFAULTS, State
 from .store import init_store, join_store, make_invite, resolve_path
 
 log = logging.getLogger("peersync")
@@ -55,6 +56,7 @@ def _when(ts: float | None) -> str:
 
 
 def _setup_logging(state: State, verbose: bool, quiet: bool) -> None:
+    logging.raiseExceptions = False  # a log file that cannot be written (full disk) never prints a traceback
     root = logging.getLogger("peersync")
     root.setLevel(logging.DEBUG)
     for old in list(root.handlers):
@@ -136,7 +138,12 @@ def _print_report(report: CycleReport, quiet: bool = False) -> None:
 def cmd_sync(state: State, args: argparse.Namespace) -> int:
     """One cycle now, whatever the schedule; if the service runs, between two of its cycles."""
     lock = Lock(state, "cycle")
-    lock.acquire(timeout=args.wait, what="finish its cycle")
+    try:
+        lock.acquire(timeout=args.wait, what="finish its cycle")
+    except RefusedError as exc:  # the contract: sync exits 0 in sync, 1 errors remain
+        print(f"peersync: {exc.message}, in a long cycle; its changes are synced when it ends, or try again.",
+              file=sys.stderr)
+        return 1
     status = 0
     try:
         for engine in _engines(state, args.store):
@@ -190,6 +197,9 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
             except PeersyncError as exc:
                 log.error("%s: %s", engine.cfg.name, exc.sentence())
                 return 5.0
+            except Exception:  # the service outlives any one failing cycle; the log has the details
+                log.exception("%s: the sync cycle failed", engine.cfg.name)
+                return 30.0
             finally:
                 cycle_lock.release()
             if report.applied_ops or report.published_ops or report.errors or report.paused:
@@ -482,6 +492,8 @@ def cmd_restore(state: State, args: argparse.Namespace) -> int:
 
 def cmd_config(state: State, args: argparse.Namespace) -> int:
     store = state.find_stores(args.store)[0] if args.store else None
+    if args.key and args.key not in DEFAULTS:
+        raise UsageError(f"unknown setting {args.key!r}", "known settings: " + ", ".join(sorted(DEFAULTS)))
     if args.key and args.value is not None:
         state.set_setting(args.key, args.value, store)
     settings = state.settings(store)
@@ -696,7 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peersync: {exc.sentence()}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
+        print("peersync: interrupted; nothing half-done is left behind, the next sync carries on.", file=sys.stderr)
         return 130
+    except sqlite3.Error as exc:
+        log.debug("index error", exc_info=True)
+        print(f"peersync: the index in {state.root} cannot be used ({exc}); check that the state folder is "
+              "writable and its disk not full.", file=sys.stderr)
+        return 1
     except OSError as exc:
         log.debug("OS error", exc_info=True)
         where = f" ({exc.filename})" if exc.filename else ""

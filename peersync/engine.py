@@ -120,15 +120,20 @@ class Engine:
         """
         peers, problems = self.relay.roster(self.roster_keys)
         records = {p: self.relay.read_roster_record(p, rec.public_key) for p, rec in peers.items()}
-        removed: dict[str, int] = {}
-        for _ in range(2):  # a removal by a removed peer does not count
-            removed = {}
-            for writer, record in records.items():
-                if record is None or writer in removed:
-                    continue
-                for r in record.get("removed", []):
+        # Removals count in the order they were made; one made by an already removed peer does not,
+        # so a stolen laptop cannot answer its removal by removing its remover.
+        removals: list[tuple[float, str, str, int]] = []
+        for writer, record in records.items():
+            for r in (record or {}).get("removed", []):
+                try:
                     if isinstance(r, dict) and isinstance(r.get("peer"), str) and r["peer"] != writer:
-                        removed[r["peer"]] = min(int(r.get("after", 0)), removed.get(r["peer"], 1 << 62))
+                        removals.append((float(r.get("time", 0)), writer, r["peer"], int(r.get("after", 0))))
+                except (TypeError, ValueError):
+                    continue  # a malformed entry counts for nothing
+        removed: dict[str, int] = {}
+        for _when, writer, peer, after in sorted(removals):
+            if writer not in removed:
+                removed[peer] = min(after, removed.get(peer, 1 << 62))
         if self._learn_secrets(peers, records, removed):
             peers, problems = self.relay.roster(self.roster_keys)
         members: set[str] = set()
@@ -199,11 +204,11 @@ class Engine:
             for ep in record.get("epochs", []):
                 try:
                     epoch = int(ep["epoch"])
-                    if writer in self.secrets.get(epoch, {}) or me not in ep.get("keys", {}):
-                        continue
+                    if epoch <= 0 or writer in self.secrets.get(epoch, {}) or me not in ep.get("keys", {}):
+                        continue  # epoch 0 is the invite's secret: no rotation may replace it
                     sealed = base64.b64decode(ep["keys"][me])
                     secret = self.ident.box.open_from(peers[writer].box_key, sealed, rotation_info(self.cfg.id, epoch))
-                except (KeyError, TypeError, ValueError, CryptoError) as exc:
+                except (KeyError, TypeError, ValueError, AttributeError, CryptoError) as exc:
                     log.warning("cannot take the store key of peer %s: %s", writer[:7], exc)
                     continue
                 self.state.save_store_secret(self.cfg.id, secret, epoch, writer)
@@ -213,10 +218,14 @@ class Engine:
         return learned
 
     def _parts(self, exclude: tuple[str, ...] = (), delete_delay: float = 0.0) -> tuple[Ignore, Scanner, Applier]:
+        """The scanner skips one-off excludes too; incoming changes skip only the lasting patterns
+        (they are already downloaded, and a skipped one would never come again)."""
         ignore = Ignore(self.cfg.root, self.exclude + exclude)
+        lasting = Ignore(self.cfg.root, self.exclude) if exclude else ignore
         scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress,
                           self.missing_since, delete_delay)
-        applier = Applier(self.cfg.root, self.index, scanner, self.archive, ignore, self.ident.peer_id, self.staging)
+        applier = Applier(self.cfg.root, self.index, scanner, self.archive, lasting, self.ident.peer_id,
+                          self.staging)
         return ignore, scanner, applier
 
     # -- the cycle ------------------------------------------------------------
@@ -246,14 +255,27 @@ class Engine:
             with self.index.tx():
                 self.index.record_error("relay:missing", "relay", self.cfg.relay, exc.message, exc.hint)
             return self._finish(report, ok=False)
-        self._publish(scanner, report)
+        try:
+            self._publish(scanner, report)
+        except OSError as exc:  # the relay is read-only, full, or went away mid-write
+            with self.index.tx():
+                self.index.record_error("relay:publish", "relay", self.cfg.relay,
+                                        f"changes cannot be written to the relay ({exc.strerror or exc})",
+                                        "check that the relay folder is writable and its disk not full; retried")
+            return self._finish(report, ok=False)
         self._read(applier, report)
         applier.retry_pending()
         Compactor(self).maintain(report)
         report.applied_ops += applier.applied_ops
         report.conflicts += applier.conflicts
         if self.index.outgoing():  # conflict copies made while applying
-            self._publish(scanner, report)
+            try:
+                self._publish(scanner, report)
+            except OSError as exc:
+                with self.index.tx():
+                    self.index.record_error("relay:publish", "relay", self.cfg.relay,
+                                            f"changes cannot be written to the relay ({exc.strerror or exc})",
+                                            "check that the relay folder is writable and its disk not full")
         applier.clean_staging()
         return self._finish(report, ok=True)
 

@@ -7,6 +7,7 @@ setting, and one-off ``--exclude`` options.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,7 +25,6 @@ BUILTIN = [
     "~$*",
     "~*.tmp",
     "ppt*.tmp",
-    "[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F]",
     "[0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F].tmp",
     # LibreOffice save temporaries ("lu12345abcd.tmp").
     "lu*.tmp",
@@ -42,6 +42,11 @@ BUILTIN = [
 ]
 
 
+# Excel saves through a file named by 8 hex digits with no extension; a folder of that name
+# (a date such as "20240115") is a user's and syncs.
+EXCEL_TEMP = re.compile(r"^[0-9A-F]{8}$")
+
+
 class Ignore:
     def __init__(self, root: Path, extra: Iterable[str] = ()) -> None:
         self._user = pathspec.GitIgnoreSpec.from_lines(list(extra) + self._file_lines(root))
@@ -56,5 +61,7 @@ class Ignore:
 
     def ignored(self, rel: str, is_dir: bool = False) -> bool:
         """True if ``rel`` (a store-relative '/' path) must not sync."""
+        if not is_dir and EXCEL_TEMP.match(rel.rpartition("/")[2]):
+            return True
         key = rel + "/" if is_dir else rel
         return self._builtin.match_file(key) or self._user.match_file(key)

@@ -216,7 +216,8 @@ class Relay:
         out: dict[int, Path] = {}
         try:
             for entry in os.scandir(self.snapshots_dir(peer)):
-                if entry.name.isdigit() and os.path.exists(os.path.join(entry.path, "manifest.psb")):
+                if re.fullmatch(r"[0-9]{1,12}", entry.name) and os.path.exists(
+                        os.path.join(entry.path, "manifest.psb")):
                     out[int(entry.name)] = Path(entry.path)
         except OSError:
             pass
@@ -269,11 +270,15 @@ class Relay:
         fsutil.atomic_write(self.peer_dir(peer) / "heartbeat.json", json.dumps(body, indent=1).encode())
 
     def read_heartbeat(self, peer: str, public_key: bytes) -> dict[str, Any] | None:
-        """The heartbeat of ``peer`` if present and signed by it, else None."""
+        """The heartbeat of ``peer`` if present, signed by it and well formed, else None."""
         try:
             data = json.loads((self.peer_dir(peer) / "heartbeat.json").read_text("utf-8"))
             sig = base64.b64decode(data.pop("sig"))
             crypto.verify(public_key, sig, canonical(data))
+            data["time"] = float(data["time"])
+            data["published"] = int(data.get("published", 0) or 0)
+            data["applied"] = {str(k): int(v) for k, v in dict(data.get("applied", {})).items()}
+            data["wants"] = [w for w in list(data.get("wants", [])) if isinstance(w, dict)]
         except (OSError, ValueError, KeyError, TypeError, AttributeError, CryptoError):
             return None
         if data.get("peer_id") != peer or data.get("store_id") != self.store_id:

@@ -231,8 +231,17 @@ class State:
             data: dict[str, Any] = json.loads(path.read_text("utf-8"))
         except ValueError as exc:
             raise StateError(f"{path} is not valid JSON ({exc})", "fix or remove the file") from exc
+        bad = StateError(f"{path} is not a peersync configuration", "fix it, or restore it from a backup")
+        if not isinstance(data, dict):
+            raise bad
         data.setdefault("stores", [])
         data.setdefault("settings", {})
+        if not isinstance(data["stores"], list) or not isinstance(data["settings"], dict):
+            raise bad
+        fields = {f.name for f in dataclasses.fields(StoreConfig)}
+        for s in data["stores"]:
+            if not isinstance(s, dict) or not {"id", "name", "path", "relay"} <= set(s) or not set(s) <= fields:
+                raise bad
         return data
 
     def _save_config(self, data: dict[str, Any]) -> None:
@@ -270,6 +279,14 @@ class State:
         merged.update(self._config()["settings"])
         if store is not None:
             merged.update(store.settings)
+        for key, default in DEFAULTS.items():  # a hand-edited value of the wrong type is refused here
+            value = merged[key]
+            ok = isinstance(value, list) if isinstance(default, list) else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                if isinstance(default, (int, float)) else isinstance(value, type(default)))
+            if not ok:
+                raise StateError(f"setting {key} in {self.root / 'config.json'} has the wrong type ({value!r})",
+                                 f"set it again with `peersync config {key} VALUE`")
         return merged
 
     def set_setting(self, key: str, value: Any, store: StoreConfig | None = None) -> None:

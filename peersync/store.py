@@ -85,7 +85,22 @@ def _refuse_owned(folder: Path, ident: Identity, state: State) -> None:
     )
 
 
+def _check_placement(store_dir: Path, state: State) -> None:
+    """A store never holds a state folder (it would publish keys) nor lies inside another store."""
+    home = state.root.absolute()
+    if home == store_dir or store_dir in home.parents:
+        raise RefusedError(f"{store_dir} holds this peer's state folder {home}, which must never sync",
+                           "choose a folder that does not contain it")
+    if store_dir in (home, *home.parents) or home in store_dir.parents:
+        raise RefusedError(f"{store_dir} lies inside the state folder {home}", "choose another folder")
+    for parent in store_dir.parents:
+        if (parent / MARKER).is_file():
+            raise RefusedError(f"{store_dir} lies inside the store {parent}", "choose a folder outside it")
+
+
 def _check_folders(store_dir: Path, relay_dir: Path) -> None:
+    if relay_dir.exists() and not relay_dir.is_dir():
+        raise RefusedError(f"the relay {relay_dir} is a file, not a folder")
     if not relay_dir.is_dir():
         raise RefusedError(f"the relay folder {relay_dir} does not exist",
                            "create it inside your cloud client's folder, or wait for the cloud client to create it")
@@ -205,6 +220,7 @@ def _register(state: State, ident: Identity, cfg: StoreConfig, secret: bytes,
 def init_store(state: State, store_dir: Path, relay_dir: Path, name: str | None) -> StoreConfig:
     store_dir, relay_dir = store_dir.expanduser().absolute(), relay_dir.expanduser().absolute()
     _check_folders(store_dir, relay_dir)
+    _check_placement(store_dir, state)
     ident = state.identity(create=True)
     _refuse_owned(store_dir, ident, state)
     name = name or store_dir.name
@@ -222,6 +238,7 @@ def join_store(state: State, code: str, store_dir: Path, relay_dir: Path) -> tup
     invite = read_invite(code)
     store_dir, relay_dir = store_dir.expanduser().absolute(), relay_dir.expanduser().absolute()
     _check_folders(store_dir, relay_dir)
+    _check_placement(store_dir, state)
     ident = state.identity(create=True)
     for s in state.stores():
         if s.id == invite["store"]:
