@@ -41,7 +41,38 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def measure(base: Path, edits: int, timeout: float = 30.0) -> list[float]:
+def edit_loop(a_file: Path, b_file: Path, edits: int, timeout: float = 30.0, pause: float = 0.05) -> list[float]:
+    """Write ``a_file`` ``edits`` times; time each write until ``b_file`` holds the same content."""
+    samples: list[float] = []
+    for i in range(edits):
+        content = f"edit {i} {time.time_ns()}\n".encode()
+        t0 = time.perf_counter()
+        a_file.write_bytes(content)
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline:
+            try:
+                if b_file.read_bytes() == content:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.005)
+        else:
+            raise TimeoutError(f"edit {i} did not arrive within {timeout} s")
+        samples.append(time.perf_counter() - t0)
+        time.sleep(pause)
+    return samples
+
+
+def _sampler(pids: list[int]):  # type: ignore[no-untyped-def]
+    from .common import RssSampler
+
+    s = RssSampler(pids)
+    s.__enter__()
+    return s
+
+
+def measure(base: Path, edits: int, timeout: float = 30.0, peak_rss: list[int] | None = None) -> list[float]:
+    """Median-ready samples of ``edits`` edits; appends the services' peak RSS (KiB) to ``peak_rss`` if given."""
     relay = base / "relay"
     relay.mkdir(parents=True)
     a_home, b_home, a, b = base / "ha", base / "hb", base / "a", base / "b"
@@ -49,25 +80,15 @@ def measure(base: Path, edits: int, timeout: float = 30.0) -> list[float]:
     code = peersync(a_home, "invite", "bench").stdout.strip().splitlines()[-1]
     peersync(b_home, "join", code, str(b), "--relay", str(relay))
     procs = [start(a_home), start(b_home)]
-    samples: list[float] = []
     try:
         time.sleep(2.0)  # let both finish their first full scan
-        for i in range(edits):
-            content = f"edit {i} {time.time_ns()}\n".encode()
-            t0 = time.perf_counter()
-            (a / "note.txt").write_bytes(content)
-            deadline = t0 + timeout
-            while time.perf_counter() < deadline:
-                try:
-                    if (b / "note.txt").read_bytes() == content:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.005)
-            else:
-                raise SystemExit(f"edit {i} did not arrive within {timeout} s")
-            samples.append(time.perf_counter() - t0)
-            time.sleep(0.05)
+        sampler = _sampler([p.pid for p in procs]) if peak_rss is not None else None
+        try:
+            samples = edit_loop(a / "note.txt", b / "note.txt", edits, timeout)
+        finally:
+            if sampler is not None and peak_rss is not None:
+                sampler.__exit__()
+                peak_rss.append(max(sampler.peak.values()) // 1024)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -85,7 +106,10 @@ def main() -> int:
     ap.add_argument("--dir", help="scratch folder (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        samples = measure(Path(tmp), args.edits)
+        try:
+            samples = measure(Path(tmp), args.edits)
+        except TimeoutError as exc:
+            raise SystemExit(str(exc)) from None
     print(f"edits: {len(samples)}")
     print(f"median: {statistics.median(samples) * 1000:.0f} ms")
     print(f"p99:    {percentile(samples, 99) * 1000:.0f} ms")
