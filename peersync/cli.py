@@ -173,6 +173,8 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
     cycle_lock = Lock(state, "cycle")
     try:
         engines = {e.cfg.id: e for e in _engines(state, args.store)}
+        for e in engines.values():
+            e.relay.check_owner()
         settings = state.settings()
         watched = [
             Watched(e.cfg.id, e.cfg.root, e.relay.root, e.relay.peer_dir(e.ident.peer_id),

@@ -65,6 +65,18 @@ class Relay:
     def bundles_dir(self, peer: str) -> Path:
         return self.peer_dir(peer) / "bundles"
 
+    def check_owner(self) -> None:
+        """The relay is this OS user's: another user's cloud folder is never written into."""
+        if fsutil.IS_WINDOWS or not self.relay_root.is_dir():
+            return
+        from .state import _user_name, os_user
+
+        owner = self.relay_root.stat().st_uid
+        if owner != os.getuid():
+            raise RelayError(
+                f"the relay {self.relay_root} belongs to {_user_name(owner)}, but peersync runs as {os_user()}",
+                "each user keeps their own relay in their own cloud folder; run peersync as that user")
+
     def check_reachable(self) -> None:
         if not self.relay_root.is_dir():
             raise RelayError(

@@ -65,3 +65,16 @@ def test_another_users_state_folder_is_refused(peers):
     finally:
         os.chown(alice.home, 0, 0)
     alice.sync()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_the_service_refuses_another_users_relay(peers):
+    """The service never writes into another OS user's cloud folder."""
+    alice, _bob = peers
+    os.chown(alice.relay, 54321, 54321)
+    try:
+        result = alice.cli("run")
+        assert result.code != 0
+        assert "belongs to" in result.err and "runs as" in result.err
+    finally:
+        os.chown(alice.relay, 0, 0)
