@@ -97,8 +97,11 @@ class Scanner:
             result.unstable.append(rel)  # still being written
             return
         if entry and entry.live and entry.kind == "file" and entry.hash == digest and entry.mode == mode:
-            entry.size, entry.mtime_ns, entry.inode = st.st_size, st.st_mtime_ns, st.st_ino
-            self.index.put(entry)  # touched, not changed: nothing to send
+            # Touched, not changed: nothing to send. The row keeps the version's mtime, which every
+            # peer holding this version shares and conflict decisions compare; only the inode is
+            # refreshed, so a touched file is hashed again on later scans.
+            entry.size, entry.inode = st.st_size, st.st_ino
+            self.index.put(entry)
             return
         self._new_version(entry, path=rel, kind="file", hash=digest, size=size, mtime_ns=st.st_mtime_ns,
                           mode=mode, inode=st.st_ino)
