@@ -295,6 +295,15 @@ def cmd_errors(state: State, args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirm(yes: bool, what: str, question: str) -> bool:
+    """Ask before a change that cannot be undone; without a terminal, --yes is required."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what} needs confirmation", "add --yes")
+    return input(question + " [y/N] ").strip().lower() in ("y", "yes")
+
+
 def cmd_peers(state: State, args: argparse.Namespace) -> int:
     words = list(args.words)
     if words and words[0] == "remove":
@@ -331,14 +340,11 @@ def _peers_remove(state: State, which: str, store: str | None, yes: bool) -> int
         if len(engines) > 1:
             raise UsageError("this peer keeps several stores", "name one with --store")
         engine = engines[0]
-        if not yes:
-            if not sys.stdin.isatty():
-                raise UsageError(f"removing {which} from {engine.cfg.name} needs confirmation", "add --yes")
-            answer = input(f"Remove {which} from {engine.cfg.name}? Its later bundles are rejected and the store "
-                           "key is changed so it cannot read new ones. [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                _out("Nothing removed.")
-                return 0
+        if not _confirm(yes, f"removing {which} from {engine.cfg.name}",
+                        f"Remove {which} from {engine.cfg.name}? Its later bundles are rejected and the store "
+                        "key is changed so it cannot read new ones."):
+            _out("Nothing removed.")
+            return 0
         lock = Lock(state, "cycle")
         lock.acquire(timeout=60, what="finish its cycle")
         try:
@@ -401,14 +407,11 @@ def _queue_drop(state: State, item: str, store: str | None, yes: bool) -> int:
             if not match:
                 continue
             n, op, path, _size = match[0]
-            if not yes:
-                if not sys.stdin.isatty():
-                    raise UsageError(f"dropping {path} from the queue needs confirmation", "add --yes")
-                answer = input(f"Drop '{op} {path}' from {engine.cfg.name}'s queue? It stays local until it "
-                               "changes again. [y/N] ")
-                if answer.strip().lower() not in ("y", "yes"):
-                    _out("Nothing dropped.")
-                    return 0
+            if not _confirm(yes, f"dropping {path} from the queue",
+                            f"Drop '{op} {path}' from {engine.cfg.name}'s queue? It stays local until it "
+                            "changes again."):
+                _out("Nothing dropped.")
+                return 0
             with engine.index.tx():
                 engine.index.drop_outgoing(path)
             _out(f"Dropped {op} {path}: it stays on this peer until it changes again.")

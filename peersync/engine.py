@@ -255,13 +255,7 @@ class Engine:
             with self.index.tx():
                 self.index.record_error("relay:missing", "relay", self.cfg.relay, exc.message, exc.hint)
             return self._finish(report, ok=False)
-        try:
-            self._publish(scanner, report)
-        except OSError as exc:  # the relay is read-only, full, or went away mid-write
-            with self.index.tx():
-                self.index.record_error("relay:publish", "relay", self.cfg.relay,
-                                        f"changes cannot be written to the relay ({exc.strerror or exc})",
-                                        "check that the relay folder is writable and its disk not full; retried")
+        if not self._publish_or_record(scanner, report):
             return self._finish(report, ok=False)
         self._read(applier, report)
         applier.retry_pending()
@@ -269,13 +263,7 @@ class Engine:
         report.applied_ops += applier.applied_ops
         report.conflicts += applier.conflicts
         if self.index.outgoing():  # conflict copies made while applying
-            try:
-                self._publish(scanner, report)
-            except OSError as exc:
-                with self.index.tx():
-                    self.index.record_error("relay:publish", "relay", self.cfg.relay,
-                                            f"changes cannot be written to the relay ({exc.strerror or exc})",
-                                            "check that the relay folder is writable and its disk not full")
+            self._publish_or_record(scanner, report)
         applier.clean_staging()
         return self._finish(report, ok=True)
 
@@ -326,6 +314,18 @@ class Engine:
         applier.recover_intents()
         self._scan(scanner, report, allow_deletes=False)
         return report
+
+    def _publish_or_record(self, scanner: Scanner, report: CycleReport) -> bool:
+        """Publish; a relay that cannot be written (read-only, full, gone) is an error, retried next cycle."""
+        try:
+            self._publish(scanner, report)
+        except OSError as exc:
+            with self.index.tx():
+                self.index.record_error("relay:publish", "relay", self.cfg.relay,
+                                        f"changes cannot be written to the relay ({exc.strerror or exc})",
+                                        "check that the relay folder is writable and its disk not full; retried")
+            return False
+        return True
 
     def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
         report.errors = self.index.errors()
