@@ -21,6 +21,7 @@ its content staged in the state folder, and retried every cycle.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any
 from . import fsutil, paths
 from . import vector as vv
 from .bundle import Record
-from .conflict import conflict_name, remote_wins
+from .conflict import conflict_name, winner
 from .errors import BadBundle, PathError
 from .ignore import Ignore
 from .index import Entry, Index
@@ -120,6 +121,26 @@ def remote_entry(m: dict[str, Any]) -> Entry:
         vector=m["vector"],
         modified_by=m["by"],
     )
+
+
+def _vectors(entries: list[Entry]) -> list[str]:
+    return sorted(vv.dumps(e.vector) for e in entries)
+
+
+def _same(a: Entry, b: Entry) -> bool:
+    """Both versions leave the same thing on disk (content, not metadata)."""
+    return a.deleted == b.deleted and a.kind == b.kind and (a.deleted or a.kind == "dir" or a.hash == b.hash)
+
+
+def _meta_of(e: Entry) -> dict[str, Any]:
+    """An operation that puts a known version on disk; its content is found by hash."""
+    base = {"path": e.path, "vector": e.vector, "by": e.modified_by}
+    if e.deleted:
+        return {"op": "delete", "kind": e.kind, "hash": e.hash, "mtime_ns": e.mtime_ns, **base}
+    if e.kind == "dir":
+        return {"op": "mkdir", **base}
+    return {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, "content": "ref",
+            **base}
 
 
 class Applier:
@@ -278,50 +299,85 @@ class Applier:
         except OSError as exc:
             raise Retry(f"cannot read {remote.path} before applying a change ({exc.strerror})") from exc
         if local is None:
-            self._enact(None, remote, m, data)
+            self._enact(None, remote, m, data, siblings=[])
             return
-        order = vv.compare(remote.vector, local.vector)
-        if order in (vv.Order.EQUAL, vv.Order.BEFORE):
+        siblings = self.index.siblings(remote.path)
+        known = [local, *siblings]
+        if any(vv.compare(remote.vector, v.vector) in (vv.Order.EQUAL, vv.Order.BEFORE) for v in known):
+            if not siblings:
+                return  # already have it, or something newer
+            versions = known  # nothing new; the checks below still put the right version on disk
+        else:
+            # The versions this peer knows of the path, less those the remote one supersedes, plus it.
+            versions = [v for v in known if vv.compare(v.vector, remote.vector) is not vv.Order.BEFORE] + [remote]
+        best = winner(versions)
+        rest = [v for v in versions if v is not best]
+        if remote in rest:
+            self._keep_losing_content(remote, data)
+        if best is local:
+            if _vectors(rest) != _vectors(siblings):
+                with self.index.tx():
+                    self.index.set_siblings(remote.path, rest)
             return
-        if order is vv.Order.AFTER:
-            self._enact(local, remote, m, data)
+        if best is not remote and best.vector == remote.vector and best.hash == remote.hash:
+            best = remote  # a known version sent again (its content was asked for): take it with its content
+            rest = [v for v in versions if v.vector != remote.vector]
+        wm, wdata = (m, data) if best is remote else (_meta_of(best), None)
+        if _same(local, best):
+            self._adopt(local, best, rest)
             return
-        # Concurrent changes.
-        same = local.deleted == remote.deleted and local.kind == remote.kind and (
-            local.deleted or local.kind == "dir" or local.hash == remote.hash
-        )
-        wins = remote_wins(local, remote)
-        # Every peer that sees both sides ends with the same row: the winner's content under the
-        # merge of both vectors, so a later change on either side dominates it everywhere.
-        merged = vv.merge(local.vector, remote.vector)
-        if same or not wins:
-            # Same content: nothing to write. Local side wins: the peer that holds the losing
-            # side keeps it as a conflict copy.
-            with self.index.tx():
-                local.vector = merged
-                if same and wins:
-                    local.modified_by = remote.modified_by
-                self.index.put(local)
-            return
-        keep = local.live and local.kind == "file"
+        # Another version goes on disk. The one there is kept as a conflict copy if it is still a
+        # current version (concurrent, lost); if it is superseded it goes to the versions archive.
+        keep = local in rest and local.live and local.kind == "file"
         self.conflicts += keep
-        remote.vector = merged
-        self._enact(local, remote, m, data, keep_local_as_conflict=keep)
+        self._enact(local, best, wm, wdata, keep_local_as_conflict=keep, siblings=rest)
+
+    def _keep_losing_content(self, remote: Entry, data: bytes | Path | None) -> None:
+        """Keep a concurrent version that lost in the versions archive: it goes on disk if the
+        version that beat it is superseded later by one that it beats (a deletion, say)."""
+        if remote.deleted or remote.kind != "file" or data is None or self.archive.has(remote.hash):
+            return
+        if isinstance(data, bytes):
+            if hashlib.sha256(data).hexdigest() == remote.hash:
+                self.archive.keep_bytes(data, remote.path, remote.hash, remote.size, remote.mtime_ns,
+                                        "concurrent version that lost")
+        elif data.exists() and fsutil.hash_file(data)[0] == remote.hash:
+            self.archive.keep(data, remote.path, remote.hash, remote.size, remote.mtime_ns,
+                              "concurrent version that lost")
+
+    def _adopt(self, local: Entry, best: Entry, rest: list[Entry]) -> None:
+        """The winning version has what is on disk already: take its metadata (and its mtime)."""
+        new = dataclasses.replace(best, inode=local.inode, local_seq=0)
+        if best.live and best.kind == "file":
+            target = paths.join(self.root, best.path)
+            try:
+                if not fsutil.IS_WINDOWS and local.mode != best.mode:
+                    os.chmod(target, best.mode)
+                os.utime(target, ns=(best.mtime_ns, best.mtime_ns))
+                st = os.stat(target)
+            except OSError as exc:
+                raise self._os_retry(best.path, exc) from exc
+            new.inode = st.st_ino
+        with self.index.tx():
+            self.index.put(new)
+            self.index.set_siblings(best.path, rest)
+        self.applied_ops += 1
 
     # -- doing ----------------------------------------------------------------
 
     def _enact(self, local: Entry | None, remote: Entry, m: dict[str, Any], data: bytes | Path | None,
-               keep_local_as_conflict: bool = False) -> None:
+               siblings: list[Entry], keep_local_as_conflict: bool = False) -> None:
+        """Put ``remote`` on disk; ``siblings`` are the path's other current versions once it is there."""
         if not paths.inside_without_links(self.root, remote.path):
             raise Skip(f"{remote.path} lies under a symbolic link; peersync never writes through one",
                        "replace the link with a real folder")
         target = paths.join(self.root, remote.path)
         if remote.deleted:
-            self._delete(local, remote, target)
+            self._delete(local, remote, target, siblings)
         elif remote.kind == "dir":
-            self._mkdir(local, remote, target)
+            self._mkdir(local, remote, target, siblings)
         else:
-            self._put(local, remote, m, data, target, keep_local_as_conflict)
+            self._put(local, remote, m, data, target, siblings, keep_local_as_conflict)
         self.applied_ops += 1
 
     def _check_case(self, remote: Entry, local: Entry | None) -> None:
@@ -393,7 +449,7 @@ class Applier:
         return staged if staged.exists() else None
 
     def _put(self, local: Entry | None, remote: Entry, m: dict[str, Any], data: bytes | Path | None,
-             target: Path, keep_local_as_conflict: bool) -> None:
+             target: Path, siblings: list[Entry], keep_local_as_conflict: bool) -> None:
         self._check_case(remote, local)
         if local is not None and local.live and local.kind == "dir":
             try:
@@ -418,7 +474,7 @@ class Applier:
             st = os.stat(tmp)
             new = Entry(remote.path, "file", False, remote.hash, remote.size, remote.mtime_ns, remote.mode,
                         st.st_ino, remote.vector, remote.modified_by, 0)
-            self.index.add_intent(new)
+            self.index.add_intent(new, siblings)
             copy: Entry | None = None
             created = False
             old_on_disk = local is not None and local.live and local.kind == "file" and target.exists()
@@ -439,6 +495,7 @@ class Applier:
             fsutil.fsync_dir(target.parent)
             with self.index.tx():
                 self.index.put(new)
+                self.index.set_siblings(remote.path, siblings)
                 self.index.drop_intent(remote.path)
                 if copy is not None:
                     self.index.put(copy)
@@ -465,7 +522,7 @@ class Applier:
         return Entry(rel, "file", False, local.hash, local.size, st.st_mtime_ns, local.mode, st.st_ino,
                      vv.bump({}, self.peer, clock), self.peer, clock)
 
-    def _delete(self, local: Entry | None, remote: Entry, target: Path) -> None:
+    def _delete(self, local: Entry | None, remote: Entry, target: Path, siblings: list[Entry]) -> None:
         record = Entry(remote.path, remote.kind, True, remote.hash, remote.size, remote.mtime_ns, remote.mode, 0,
                        remote.vector, remote.modified_by, 0)
         if local is not None and local.live:
@@ -488,8 +545,9 @@ class Applier:
                 fsutil.fsync_dir(target.parent)
         with self.index.tx():
             self.index.put(record)
+            self.index.set_siblings(remote.path, siblings)
 
-    def _mkdir(self, local: Entry | None, remote: Entry, target: Path) -> None:
+    def _mkdir(self, local: Entry | None, remote: Entry, target: Path, siblings: list[Entry]) -> None:
         if local is not None and local.live and local.kind == "file" and target.is_file():
             self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "replaced by a folder")
             target.unlink()
@@ -499,13 +557,14 @@ class Applier:
             raise self._os_retry(remote.path, exc) from exc
         with self.index.tx():
             self.index.put(Entry(remote.path, "dir", False, "", 0, 0, 0o755, 0, remote.vector, remote.modified_by, 0))
+            self.index.set_siblings(remote.path, siblings)
 
     # -- crash recovery -------------------------------------------------------
 
     def recover_intents(self) -> int:
         """Finish the index side of applies a crash interrupted after their rename."""
         done = 0
-        for intent in self.index.intents():
+        for intent, siblings in self.index.intents():
             target = paths.join(self.root, intent.path)
             finished = False
             try:
@@ -518,6 +577,7 @@ class Applier:
                 if finished:
                     intent.inode, intent.mtime_ns = st.st_ino, st.st_mtime_ns
                     self.index.put(intent)
+                    self.index.set_siblings(intent.path, siblings)
                     done += 1
                 self.index.drop_intent(intent.path)
         return done

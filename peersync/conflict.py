@@ -1,8 +1,12 @@
-"""Concurrent changes: which side wins, and the name the losing side is kept under.
+"""Concurrent changes: which version wins, and the name a losing one is kept under.
 
-The rule is deterministic so every peer reaches the same outcome on its own:
+A peer keeps, per path, every version no other version it knows supersedes
+(see ``siblings`` in :mod:`index`). Which of them is on disk is decided by a
+total order over versions, the same on every peer, so peers that know the
+same versions show the same one whatever order the versions came in:
 a modification beats a deletion; between two modifications the newer mtime
-wins; on equal mtimes the smaller peer id wins, then the smaller content hash.
+wins; on equal mtimes the smaller peer id wins, then the smaller content
+hash, then the smaller version vector.
 """
 
 from __future__ import annotations
@@ -10,18 +14,24 @@ from __future__ import annotations
 import datetime
 import re
 
+from . import vector as vv
 from .index import Entry
 
 MAX_NAME_BYTES = 255
 CONFLICT_RE = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z2-7]{7}(?:-\d+)?(?=\.|$)")
 
 
+def rank(e: Entry) -> tuple[bool, int, str, str, str]:
+    """Smaller ranks first: the version among concurrent ones that is kept under the path's name."""
+    return (e.deleted, -e.mtime_ns, e.modified_by, e.hash, vv.dumps(e.vector))
+
+
+def winner(versions: list[Entry]) -> Entry:
+    return min(versions, key=rank)
+
+
 def remote_wins(local: Entry, remote: Entry) -> bool:
-    if local.deleted != remote.deleted:
-        return local.deleted  # modify beats delete
-    lk = (-local.mtime_ns, local.modified_by, local.hash)
-    rk = (-remote.mtime_ns, remote.modified_by, remote.hash)
-    return rk < lk
+    return rank(remote) < rank(local)
 
 
 def conflict_name(path: str, mtime_ns: int, peer: str, n: int = 0) -> str:

@@ -290,11 +290,13 @@ class Engine:
                 local = index.get(path)
                 if local is not None:
                     clock = index.next_clock()
-                    local.vector = vv.bump(vv.merge(local.vector, meta["vector"]), self.ident.peer_id, clock)
+                    vector = vv.merge(local.vector, meta["vector"], *(s.vector for s in index.siblings(path)))
+                    index.set_siblings(path, [])
+                    local.vector = vv.bump(vector, self.ident.peer_id, clock)
                     local.modified_by, local.local_seq = self.ident.peer_id, clock
                     index.put(local)
                 index.drop_pending(path)
-            for intent in index.intents():
+            for intent, _ in index.intents():
                 if hit(intent.path):
                     index.drop_intent(intent.path)
             for (author,) in list(index.db.execute("SELECT author FROM partials")):

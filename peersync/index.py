@@ -9,6 +9,9 @@ Tables:
   partials    per author, a large file being assembled from parts
   pending     remote operations that could not be applied yet (file locked,
               content not at hand); retried every cycle
+  siblings    the other versions of a path that no version this peer knows
+              supersedes (concurrent changes): the row in ``files`` is the
+              one that wins among them and is on disk
   intents     an apply in flight: written before the rename, removed after,
               so a crash in between is finished from the disk on restart
   errors      what went wrong, since when, over how many cycles
@@ -59,6 +62,8 @@ CREATE TABLE IF NOT EXISTS pending(
     path TEXT PRIMARY KEY, meta TEXT NOT NULL, staged TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS intents(path TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS siblings(path TEXT NOT NULL, vector TEXT NOT NULL, entry TEXT NOT NULL,
+    PRIMARY KEY(path, vector));
 CREATE TABLE IF NOT EXISTS errors(
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, message TEXT NOT NULL,
     hint TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, last_seen REAL NOT NULL,
@@ -94,12 +99,12 @@ class Entry:
     def live(self) -> bool:
         return not self.deleted
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> Entry:
-        return cls(**json.loads(text))
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        return cls(**data)
 
 
 _COLUMNS = "path, kind, deleted, hash, size, mtime_ns, mode, inode, vector, modified_by, local_seq"
@@ -257,12 +262,37 @@ class Index:
 
     # -- intents --------------------------------------------------------------
 
-    def add_intent(self, e: Entry) -> None:
+    def add_intent(self, e: Entry, siblings: list[Entry]) -> None:
+        """Before a rename: the row and the siblings the path will have once it is done."""
+        text = json.dumps({"entry": e.to_dict(), "siblings": [s.to_dict() for s in siblings]})
         with self.tx():
-            self.db.execute("INSERT OR REPLACE INTO intents(path, entry) VALUES(?, ?)", (e.path, e.to_json()))
+            self.db.execute("INSERT OR REPLACE INTO intents(path, entry) VALUES(?, ?)", (e.path, text))
 
-    def intents(self) -> list[Entry]:
-        return [Entry.from_json(r[0]) for r in self.db.execute("SELECT entry FROM intents")]
+    def intents(self) -> list[tuple[Entry, list[Entry]]]:
+        out = []
+        for (text,) in self.db.execute("SELECT entry FROM intents"):
+            data = json.loads(text)
+            if "entry" not in data:  # written before siblings existed: there were none
+                data = {"entry": data, "siblings": []}
+            out.append((Entry.from_dict(data["entry"]), [Entry.from_dict(s) for s in data["siblings"]]))
+        return out
+
+    # -- siblings: concurrent versions that lost ---------------------------------
+
+    def siblings(self, path: str) -> list[Entry]:
+        rows = self.db.execute("SELECT entry FROM siblings WHERE path=? ORDER BY vector", (path,))
+        return [Entry.from_dict(json.loads(r[0])) for r in rows]
+
+    def set_siblings(self, path: str, entries: list[Entry]) -> None:
+        self.db.execute("DELETE FROM siblings WHERE path=?", (path,))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO siblings(path, vector, entry) VALUES(?,?,?)",
+            [(path, vv.dumps(e.vector), json.dumps(e.to_dict())) for e in entries],
+        )
+
+    def all_siblings(self) -> Iterator[Entry]:
+        for (text,) in self.db.execute("SELECT entry FROM siblings ORDER BY path, vector"):
+            yield Entry.from_dict(json.loads(text))
 
     def drop_intent(self, path: str) -> None:
         self.db.execute("DELETE FROM intents WHERE path=?", (path,))

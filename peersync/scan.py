@@ -67,10 +67,16 @@ class Scanner:
     # -- one path ----------------------------------------------------------------
 
     def _new_version(self, base: Entry | None, **fields: Any) -> Entry:
+        """Record a local change. It supersedes every version of the path this peer knows: the
+        one on disk and the concurrent ones that lost to it (whose content is in conflict copies)."""
         clock = self.index.next_clock()
+        path = fields.pop("path")
+        siblings = self.index.siblings(path)
+        if siblings:
+            self.index.set_siblings(path, [])
         entry = Entry(
-            path=fields.pop("path"),
-            vector=vv.bump(base.vector if base else {}, self.peer, clock),
+            path=path,
+            vector=vv.bump(vv.merge(base.vector if base else {}, *(s.vector for s in siblings)), self.peer, clock),
             modified_by=self.peer,
             local_seq=clock,
             **fields,

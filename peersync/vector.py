@@ -46,8 +46,13 @@ def bump(v: Vector, peer: str, counter: int) -> Vector:
     return out
 
 
-def merge(a: Vector, b: Vector) -> Vector:
-    return {p: max(a.get(p, 0), b.get(p, 0)) for p in a.keys() | b.keys()}
+def merge(*vectors: Vector) -> Vector:
+    out: Vector = {}
+    for v in vectors:
+        for p, n in v.items():
+            if n > out.get(p, 0):
+                out[p] = n
+    return out
 
 
 def dumps(v: Vector) -> str:

@@ -39,6 +39,14 @@ class Archive:
         self.index.add_version(rel, digest, size, mtime_ns, reason)
         return created
 
+    def keep_bytes(self, data: bytes, rel: str, digest: str, size: int, mtime_ns: int, reason: str) -> None:
+        """Keep content that is in memory (a version that never was on this disk)."""
+        obj = self.object_path(digest)
+        if not obj.exists():
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            fsutil.atomic_write(obj, data)
+        self.index.add_version(rel, digest, size, mtime_ns, reason)
+
     def undo(self, rel: str, digest: str, created: bool) -> None:
         """Take back a ``keep`` whose overwrite did not happen (the file stays as it was).
 

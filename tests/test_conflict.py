@@ -9,13 +9,14 @@ count (never an inode or a local queue number, which differ per machine).
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from peersync import paths
-from peersync.conflict import conflict_name, is_conflict_copy, remote_wins
+from peersync.conflict import conflict_name, is_conflict_copy, remote_wins, winner
 from peersync.index import Entry
 
 PEER_A = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -91,9 +92,25 @@ def test_exactly_one_side_wins(a: Entry, b: Entry) -> None:
 @given(versions, versions, st.integers(), st.integers(), st.integers(min_value=0), st.integers(min_value=0))
 def test_only_fields_that_travel_count(a: Entry, b: Entry, inode: int, size: int, seq_a: int, seq_b: int) -> None:
     """Inodes and local queue numbers differ per machine: they must not change the outcome."""
-    a2 = dataclasses.replace(a, inode=inode, local_seq=seq_a, vector={"Z" * 26: 9})
+    a2 = dataclasses.replace(a, inode=inode, local_seq=seq_a)
     b2 = dataclasses.replace(b, inode=inode + 1, local_seq=seq_b, size=size)
     assert remote_wins(a2, b2) == remote_wins(a, b)
+
+
+def test_version_vector_breaks_the_last_tie() -> None:
+    """Two versions alike in all else (the same bytes saved at the same instant by one peer, before and
+    after a reset) still rank one way on every peer: the vector travels with the version."""
+    a = entry()
+    b = dataclasses.replace(a, vector={PEER_A: 1, PEER_B: 2})
+    assert remote_wins(a, b) != remote_wins(b, a)
+
+
+@given(st.lists(versions, min_size=1, max_size=6, unique_by=_key), st.randoms())
+def test_winner_does_not_depend_on_order(vs: list[Entry], rnd: random.Random) -> None:
+    """Peers that know the same versions put the same one on disk, whatever order they came in."""
+    shuffled = list(vs)
+    rnd.shuffle(shuffled)
+    assert winner(shuffled) == winner(vs)
 
 
 @given(versions, versions, versions)

@@ -493,8 +493,6 @@ class ConvergenceMachine(RuleBasedStateMachine):
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
-# KNOWN TO FAIL: open convergence bug, see the issue 5 closing note. Kept out of CI (slow) until fixed.
-@pytest.mark.slow
 def test_three_peers_converge_and_lose_nothing():
     """CI form: a fixed, derandomized set of short programs."""
     run_state_machine_as_test(ConvergenceMachine, settings=settings(
@@ -520,8 +518,6 @@ def world(tmp_path: Path):
     w.close()
 
 
-# KNOWN TO FAIL: open convergence bug, see the issue 5 closing note. Kept out of CI (slow) until fixed.
-@pytest.mark.slow
 def test_concurrent_edit_then_winner_deleted_converges(world):
     """Found by the property (shrunk). Alice and bob edit a.txt concurrently; alice's edit is newer,
     so it wins. Alice syncs, then deletes a.txt and syncs again. Bob syncs once: he publishes his
@@ -563,8 +559,6 @@ def test_touched_file_in_a_conflict_converges(world):
     w.settle_and_check()
 
 
-# KNOWN TO FAIL: open convergence bug, see the issue 5 closing note. Kept out of CI (slow) until fixed.
-@pytest.mark.slow
 def test_identical_concurrent_edits_then_a_third_converges(world):
     """Found by the property. Alice and bob make a.txt "x" concurrently (same bytes, alice's mtime T,
     bob's T+2 s); carol makes it "y" at T+1 s. Alice, on seeing bob's "x", adopts bob's version vector
@@ -603,8 +597,6 @@ def test_identical_concurrent_edit_keeps_own_version_known(world):
     w.settle_and_check()
 
 
-# KNOWN TO FAIL: open convergence bug, see the issue 5 closing note. Kept out of CI (slow) until fixed.
-@pytest.mark.slow
 def test_version_its_author_replaced_does_not_come_back(world):
     """Found by the property (shrunk). Alice saves a.txt "cc" (mtime T+3 s) and syncs; carol saves
     a.txt "c" (T+2 s) concurrently; then alice saves a.txt empty with an *older* mtime T (a clock put
