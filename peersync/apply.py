@@ -132,15 +132,17 @@ def _same(a: Entry, b: Entry) -> bool:
     return a.deleted == b.deleted and a.kind == b.kind and (a.deleted or a.kind == "dir" or a.hash == b.hash)
 
 
-def _meta_of(e: Entry) -> dict[str, Any]:
-    """An operation that puts a known version on disk; its content is found by hash."""
+def version_meta(e: Entry, content: str = "") -> dict[str, Any]:
+    """The operation that describes version ``e``; a put gets ``content`` as its content kind if given."""
     base = {"path": e.path, "vector": e.vector, "by": e.modified_by}
     if e.deleted:
         return {"op": "delete", "kind": e.kind, "hash": e.hash, "mtime_ns": e.mtime_ns, **base}
     if e.kind == "dir":
         return {"op": "mkdir", **base}
-    return {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, "content": "ref",
-            **base}
+    meta = {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, **base}
+    if content:
+        meta["content"] = content
+    return meta
 
 
 class Applier:
@@ -322,7 +324,7 @@ class Applier:
         if best is not remote and best.vector == remote.vector and best.hash == remote.hash:
             best = remote  # a known version sent again (its content was asked for): take it with its content
             rest = [v for v in versions if v.vector != remote.vector]
-        wm, wdata = (m, data) if best is remote else (_meta_of(best), None)
+        wm, wdata = (m, data) if best is remote else (version_meta(best, content="ref"), None)
         if _same(local, best):
             self._adopt(local, best, rest)
             return

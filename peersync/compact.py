@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from . import bundle
-from .apply import check_record
+from .apply import check_record, version_meta
 from .bundle import Record
 from .errors import BadBundle, BundleError, PeersyncError
 
@@ -233,12 +234,17 @@ class Compactor:
             batch, size = [], 0
 
         _, scanner, _ = e._parts()
-        for entry in e.index.entries():
-            for rec in e._records(entry, scanner, {}):
-                if batch and size + rec.encoded_size > max_bytes:
-                    flush()
-                batch.append(rec)
-                size += rec.encoded_size
+        # Every path's version on disk, with its content; then the concurrent versions that lost, as
+        # metadata only (a peer that bootstraps must know them, or its next edit would not supersede them).
+        records = itertools.chain(
+            (rec for entry in e.index.entries() for rec in e._records(entry, scanner, {})),
+            (Record(version_meta(sibling, content="ref")) for sibling in e.index.all_siblings()),
+        )
+        for rec in records:
+            if batch and size + rec.encoded_size > max_bytes:
+                flush()
+            batch.append(rec)
+            size += rec.encoded_size
         if batch or not digests:
             flush()
         manifest = Record({"op": "snapshot", "parts": digests, "applied": applied, "time": time.time()})

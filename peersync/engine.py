@@ -18,7 +18,7 @@ from typing import Any
 
 from . import bundle, crypto, paths
 from . import vector as vv
-from .apply import Applier, check_record
+from .apply import Applier, check_record, version_meta
 from .bundle import Record
 from .compact import Compactor
 from .conflict import is_conflict_copy
@@ -399,14 +399,10 @@ class Engine:
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
     def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Iterator[Record]:
-        base = {"path": e.path, "vector": e.vector, "by": e.modified_by}
-        if e.deleted:
-            yield Record({"op": "delete", "kind": e.kind, "hash": e.hash, "mtime_ns": e.mtime_ns, **base})
+        meta = version_meta(e)
+        if meta["op"] != "put":
+            yield Record(meta)
             return
-        if e.kind == "dir":
-            yield Record({"op": "mkdir", **base})
-            return
-        meta = {"op": "put", "hash": e.hash, "size": e.size, "mtime_ns": e.mtime_ns, "mode": e.mode, **base}
         source = paths.join(self.cfg.root, e.path)
         if not paths.inside_without_links(self.cfg.root, e.path):
             return  # a folder on the way became a symbolic link: never read through it

@@ -133,3 +133,47 @@ def test_compaction_never_removes_what_a_snapshot_does_not_cover(make_peers):
     assert seqs[:1] == [1]
     state = json.loads((alice.home / "config.json").read_text())
     assert state["settings"]["snapshot_min_bytes"] == 10**12
+
+
+def test_a_late_joiner_learns_the_versions_a_conflict_left(make_peers, tmp_path):
+    """Alice's and bob's concurrent edits of a.txt: bob's (newer) is on disk everywhere, alice's is kept as a
+    conflict copy and every peer still knows her version. Carol joins from a snapshot, then edits a.txt;
+    her save carries an older date than alice's version (a file copied in with its date). Her edit
+    supersedes everything she saw, so a.txt must be hers on every peer. Had the snapshot left out
+    alice's version, carol's edit would be concurrent with it on alice and bob, and lose to its newer date
+    there while winning on carol: the stores would stay different for good."""
+    import os
+
+    from conftest import Peer
+
+    alice, bob = make_peers(2)
+    _configure(alice, bob, snapshot_min_bytes=1000)
+    t0 = 1_700_000_000
+    os.utime(alice.write("a.txt", "alice"), (t0 + 5, t0 + 5))
+    os.utime(bob.write("a.txt", "bob"), (t0 + 10, t0 + 10))
+    alice.sync()
+    bob.sync()
+    alice.sync()
+    assert alice.read("a.txt") == bob.read("a.txt") == b"bob"
+    for i in range(6):  # enough traffic for a snapshot, and for the early bundles to be removed
+        alice.write(f"doc{i}.txt", f"version {i} " * 300)
+        alice.sync()
+        bob.sync()
+    alice.sync()
+    bob.sync()
+    first_seqs = [int(b.stem) for b in _bundles(alice.relay)]
+    assert not first_seqs or min(first_seqs) > 1, "early bundles were removed"
+
+    code = alice.cli("invite", check=0).last_line
+    carol = Peer("carol", tmp_path / "home-carol", tmp_path / "carol", alice.relay)
+    carol.cli("join", code, str(carol.store), "--relay", str(carol.relay), check=0)
+    carol.sync()
+    assert "caught up from it" in carol.cli("errors", check=0).out
+    assert tree(carol.store) == tree(alice.store)
+
+    os.utime(carol.write("a.txt", "carol"), (t0, t0))
+    for _ in range(2):
+        for p in (carol, alice, bob):
+            p.sync()
+    assert alice.read("a.txt") == bob.read("a.txt") == carol.read("a.txt") == b"carol"
+    assert tree(alice.store) == tree(bob.store) == tree(carol.store)
