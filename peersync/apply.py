@@ -51,10 +51,11 @@ OPS = {"put", "part", "delete", "mkdir"}
 class Retry(Exception):
     """An operation that cannot be applied now; it is kept and retried."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", need: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.need = need  # the hash of content that is not at hand: other peers are asked for it
 
 
 class Skip(Exception):
@@ -180,7 +181,7 @@ class Applier:
         except Retry as exc:
             staged = self._stage(m, data)
             with self.index.tx():
-                self.index.add_pending(path, m, staged, exc.message)
+                self.index.add_pending(path, dict(m, need=exc.need) if exc.need else m, staged, exc.message)
                 self.index.record_error(f"apply:{path}", "apply", path, exc.message, exc.hint)
             return
         except Skip as exc:
@@ -199,9 +200,17 @@ class Applier:
                                         "it is retried every cycle; the log has the details")
             return
         if self.index.has_pending_or_error(path):  # usually not: spare a commit (and its fsync)
-            with self.index.tx():
-                self.index.drop_pending(path)
-                self.index.clear_error(f"apply:{path}")
+            waiting = self.index.pending_meta(path)
+            if waiting is None or waiting is m or self._settled(waiting):  # not a newer one still waiting
+                with self.index.tx():
+                    self.index.drop_pending(path)
+                    self.index.clear_error(f"apply:{path}")
+
+    def _settled(self, m: dict[str, Any]) -> bool:
+        """True when this peer keeps the version ``m`` describes, or one that supersedes it."""
+        local = self.index.get(m["path"])
+        known = ([local] if local else []) + self.index.siblings(m["path"])
+        return any(vv.compare(m["vector"], v.vector) in (vv.Order.BEFORE, vv.Order.EQUAL) for v in known)
 
     def _stage(self, m: dict[str, Any], data: bytes | Path | None) -> str:
         """Keep a pending operation's content in the state folder so the bundle is not needed again."""
@@ -273,8 +282,7 @@ class Applier:
                     self.index.add_correction(path, "the content received did not match its hash three times; "
                                                     "dropped it and asked its author to send it again")
                 continue
-            local = self.index.get(path)
-            if local and vv.compare(meta["vector"], local.vector) in (vv.Order.BEFORE, vv.Order.EQUAL):
+            if self._settled(meta):
                 with self.index.tx():
                     self.index.drop_pending(path)
                     self.index.clear_error(f"apply:{path}")
@@ -427,8 +435,8 @@ class Applier:
             return digest, data
         source = self._find_content(m)
         if source is None:
-            raise Retry(f"the content of {m['path']} is not here yet (it was renamed elsewhere)",
-                        "it is asked for from its author and arrives in a later bundle")
+            raise Retry(f"the content of {m['path']} is not here yet",
+                        "it is asked for from the peers that have it and arrives in a later bundle", need=m["hash"])
         # A copy, not a link: two live paths must never share one inode.
         return fsutil.copy_durable(source, tmp), None
 

@@ -581,9 +581,9 @@ class Engine:
 
     def _heartbeat(self, report: CycleReport) -> None:
         wants = [
-            {"hash": meta["hash"], "round": attempts // 3}
+            {"hash": meta.get("need") or meta["hash"], "round": attempts // 3}
             for _p, meta, _s, _r, _f, attempts in self.index.pending()
-            if meta.get("op") == "put" and meta.get("content") == "ref"
+            if meta.get("need") or (meta.get("op") == "put" and meta.get("content") == "ref")
         ]
         body: dict[str, Any] = {
             "name": self.ident.name,

@@ -252,6 +252,10 @@ class Index:
         rows = self.db.execute("SELECT path, meta, staged, reason, first_seen, attempts FROM pending ORDER BY path")
         return [(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
+    def pending_meta(self, path: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT meta FROM pending WHERE path=?", (path,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
     def has_pending_or_error(self, path: str) -> bool:
         return bool(self.db.execute(
             "SELECT 1 FROM pending WHERE path=? UNION ALL SELECT 1 FROM errors WHERE key=? LIMIT 1",

@@ -613,3 +613,33 @@ def test_version_its_author_replaced_does_not_come_back(world):
     w.write(2, "a.txt", "c", skew=2)  # carol, concurrently (T+2 s)
     w.write(0, "a.txt", "", skew=0)  # alice replaces "cc"; her save carries an older mtime (T)
     w.settle_and_check()
+
+
+def test_a_version_whose_content_is_gone_here_is_asked_for(world):
+    """Bob's edit of a.txt beats alice's concurrent, older one; bob keeps hers in his versions archive, and
+    that archive is then wiped. Carol, who saw only bob's edit, deletes a.txt. On bob, carol's deletion
+    supersedes his edit but not alice's, and "modify beats delete": alice's version must go on disk, and
+    bob no longer has its content. He asks for it in his heartbeat; alice, who has it, sends it again."""
+    w = world
+    w.write(1, "a.txt", "bob", skew=3)
+    w.sync(1)
+    w.deliver(1, 2)
+    w.sync(2)  # carol has bob's a.txt
+    w.delete(2, 0)  # ...and deletes it
+    w.write(0, "a.txt", "alice", skew=1)
+    w.sync(0)  # alice publishes her edit
+    w.deliver(0, 1)
+    w.sync(1)  # bob: alice's edit is concurrent with his and older: his stays, hers goes to his archive
+    shutil.rmtree(w.c.peers[1].home / "versions")
+    w.sync(2)  # carol publishes her deletion
+    w.deliver(2, 1)
+    res = w.sync(1)  # bob: alice's version wins now, and its content is not here
+    assert res.code == 1 and "not here yet" in res.out + res.err
+    w.deliver(2, 0)
+    w.sync(0)  # alice: carol's deletion is concurrent with her edit, which stays (no conflict copy)
+    w.deliver(1, 0)
+    w.sync(0)  # alice: bob's edit is superseded by carol's deletion; she answers bob's request
+    w.deliver(0, 1)
+    assert w.sync(1).code == 0
+    assert w.store(1).joinpath("a.txt").read_bytes() == b"alice"
+    w.settle_and_check()
