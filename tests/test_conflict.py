@@ -1,4 +1,4 @@
-"""The conflict rule and conflict copy names (docs/bundle-format.md §12.2, §12.3).
+"""The conflict rule and conflict copy names (docs/bundle-format.md §12.3, §12.4).
 
 Every peer decides a conflict on its own, so the rule must give the same
 answer from both sides: for two different versions exactly one wins,
