@@ -124,6 +124,21 @@ def remote_entry(m: dict[str, Any]) -> Entry:
     )
 
 
+QUEUE_MAX = 2000  # files written before they are put in place together
+
+
+@dataclasses.dataclass
+class _Queued:
+    """A file written under a temporary name, waiting to be renamed into place by ``flush``."""
+
+    m: dict[str, Any]
+    data: bytes
+    local: Entry | None
+    new: Entry
+    tmp: Path
+    siblings: list[Entry]
+
+
 def _vectors(entries: list[Entry]) -> list[str]:
     return sorted(vv.dumps(e.vector) for e in entries)
 
@@ -158,31 +173,38 @@ class Applier:
         self.staging = staging
         self.applied_ops = 0
         self.conflicts = 0
+        self._queue: list[_Queued] = []
+        self._queued_keys: set[str] = set()  # case keys of the queued paths
 
     # -- records from a bundle ------------------------------------------------
 
     def apply_records(self, author: str, records: list[Record]) -> None:
-        for rec in records:
-            m = rec.meta
-            if m["op"] == "part":
-                self._part(author, m, rec.data)
-            elif m["op"] == "put" and m["content"] == "parts":
-                self._start_parts(author, m, rec.data)
-            else:
-                self._run(m, rec.data if m["op"] == "put" and m["content"] == "inline" else None)
+        try:
+            for rec in records:
+                m = rec.meta
+                if m["op"] == "part":
+                    self.flush()
+                    self._part(author, m, rec.data)
+                elif m["op"] == "put" and m["content"] == "parts":
+                    self.flush()
+                    self._start_parts(author, m, rec.data)
+                else:
+                    self._run(m, rec.data if m["op"] == "put" and m["content"] == "inline" else None)
+            self.flush()
+        finally:
+            self._discard_queue()  # an error escaped: the bundle is read again later
 
     def _run(self, m: dict[str, Any], data: bytes | Path | None) -> None:
         """Apply one operation; on Retry keep it pending, on Skip report it."""
         path = m["path"]
         if self.ignore.ignored(path, m["op"] == "mkdir" or m.get("kind") == "dir"):
             return
+        if paths.case_key(path) in self._queued_keys:
+            self.flush()  # this path, or one that differs only in case, is waiting to be renamed into place
         try:
             self.apply(remote_entry(m), m, data)
         except Retry as exc:
-            staged = self._stage(m, data)
-            with self.index.tx():
-                self.index.add_pending(path, dict(m, need=exc.need) if exc.need else m, staged, exc.message)
-                self.index.record_error(f"apply:{path}", "apply", path, exc.message, exc.hint)
+            self._keep_for_later(m, data, exc)
             return
         except Skip as exc:
             with self.index.tx():
@@ -201,10 +223,17 @@ class Applier:
             return
         if self.index.has_pending_or_error(path):  # usually not: spare a commit (and its fsync)
             waiting = self.index.pending_meta(path)
-            if waiting is None or waiting is m or self._settled(waiting):  # not a newer one still waiting
+            if waiting is None or self._settled(waiting):  # not a newer one still waiting
                 with self.index.tx():
                     self.index.drop_pending(path)
                     self.index.clear_error(f"apply:{path}")
+
+    def _keep_for_later(self, m: dict[str, Any], data: bytes | Path | None, exc: Retry) -> None:
+        path = m["path"]
+        staged = self._stage(m, data)
+        with self.index.tx():
+            self.index.add_pending(path, dict(m, need=exc.need) if exc.need else m, staged, exc.message)
+            self.index.record_error(f"apply:{path}", "apply", path, exc.message, exc.hint)
 
     def _settled(self, m: dict[str, Any]) -> bool:
         """True when this peer keeps the version ``m`` describes, or one that supersedes it."""
@@ -295,6 +324,7 @@ class Applier:
                     self.index.add_correction(path, "the kept content was missing; asked its author to send it again")
                 continue
             self._run(meta, data)
+        self.flush()
 
     # -- deciding -------------------------------------------------------------
 
@@ -418,14 +448,20 @@ class Applier:
             return Retry(f"{rel} is locked or not writable", "close the program that holds it; it is retried")
         return Retry(f"cannot write {rel} ({exc.strerror or exc})", "it is retried every cycle")
 
-    def _materialize(self, m: dict[str, Any], data: bytes | Path | None, tmp: Path) -> tuple[str, Path | None]:
-        """Write the operation's content to ``tmp``; return its hash and, if it was moved, where from."""
+    def _materialize(self, m: dict[str, Any], data: bytes | Path | None, tmp: Path,
+                     durable: bool = True) -> tuple[str, Path | None]:
+        """Write the operation's content to ``tmp``; return its hash and, if it was moved, where from.
+        Content from the bundle is fsynced here unless ``durable`` is false (``flush`` does it then)."""
         if isinstance(data, bytes):
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != m["hash"]:
+                return digest, None  # never written: the caller reports the mismatch
             with open(tmp, "xb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            return hashlib.sha256(data).hexdigest(), None
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            return digest, None
         if isinstance(data, Path):
             try:
                 os.rename(data, tmp)  # staged content: moved, and given back if the apply fails
@@ -468,11 +504,18 @@ class Applier:
                 raise Retry(f"a folder with files stands where the file {remote.path} should be",
                             "move the folder's files away") from exc
         self._parent_ready(target, remote.path)
+        # Content carried in the bundle is written now and put in place with the rest of the
+        # bundle (see ``flush``). Anything else goes one at a time, after what is queued: a conflict
+        # copy, or content found by hash, must see the disk as the index describes it.
+        queue = isinstance(data, bytes) and not keep_local_as_conflict
+        if not queue:
+            self.flush()
         tmp = fsutil.temp_name(target)
         moved_from: Path | None = None
+        queued = False
         try:
             try:
-                digest, moved_from = self._materialize(m, data, tmp)
+                digest, moved_from = self._materialize(m, data, tmp, durable=not queue)
             except OSError as exc:
                 raise self._os_retry(remote.path, exc) from exc
             if digest != remote.hash:
@@ -484,35 +527,100 @@ class Applier:
             st = os.stat(tmp)
             new = Entry(remote.path, "file", False, remote.hash, remote.size, remote.mtime_ns, remote.mode,
                         st.st_ino, remote.vector, remote.modified_by, 0)
+            if queue:
+                assert isinstance(data, bytes)
+                self._queue.append(_Queued(m, data, local, new, tmp, siblings))
+                self._queued_keys.add(paths.case_key(remote.path))
+                queued = True
+                if len(self._queue) >= QUEUE_MAX:
+                    self.flush()
+                return
             self.index.add_intent(new, siblings)
-            copy: Entry | None = None
-            created = False
-            old_on_disk = local is not None and local.live and local.kind == "file" and target.exists()
-            if keep_local_as_conflict and local is not None and old_on_disk:
-                copy = self._conflict_copy(local, target)
-            elif old_on_disk and local is not None:
-                created = self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "overwritten")
             try:
-                os.replace(tmp, target)
-            except OSError as exc:
-                if old_on_disk and local is not None and copy is None:
-                    self.archive.undo(local.path, local.hash, created)
-                if copy is not None:  # it shares the live file's inode: do not leave it behind
-                    paths.join(self.root, copy.path).unlink(missing_ok=True)
+                copy = self._replace(local, new, tmp, target, keep_local_as_conflict)
+            except Retry:
                 with self.index.tx():
                     self.index.drop_intent(remote.path)
-                raise self._os_retry(remote.path, exc) from exc
+                raise
             fsutil.fsync_dir(target.parent)
             with self.index.tx():
-                self.index.put(new)
-                self.index.set_siblings(remote.path, siblings)
-                self.index.drop_intent(remote.path)
-                if copy is not None:
-                    self.index.put(copy)
+                self._record_put(new, siblings, copy)
         finally:
-            if moved_from is not None and tmp.exists():
-                os.replace(tmp, moved_from)  # not applied: the staged content goes back, never lost
-            tmp.unlink(missing_ok=True)
+            if not queued:
+                if moved_from is not None and tmp.exists():
+                    os.replace(tmp, moved_from)  # not applied: the staged content goes back, never lost
+                tmp.unlink(missing_ok=True)
+
+    def _replace(self, local: Entry | None, new: Entry, tmp: Path, target: Path,
+                 keep_local_as_conflict: bool) -> Entry | None:
+        """Rename ``tmp`` over ``target``, keeping what was there (a conflict copy, or the versions
+        archive); return the conflict copy's row, if one was made. Raise Retry if it cannot be done."""
+        copy: Entry | None = None
+        created = False
+        old_on_disk = local is not None and local.live and local.kind == "file" and target.exists()
+        if keep_local_as_conflict and local is not None and old_on_disk:
+            copy = self._conflict_copy(local, target)
+        elif old_on_disk and local is not None:
+            created = self.archive.keep(target, local.path, local.hash, local.size, local.mtime_ns, "overwritten")
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            if old_on_disk and local is not None and copy is None:
+                self.archive.undo(local.path, local.hash, created)
+            if copy is not None:  # it shares the live file's inode: do not leave it behind
+                paths.join(self.root, copy.path).unlink(missing_ok=True)
+            raise self._os_retry(new.path, exc) from exc
+        return copy
+
+    def _record_put(self, new: Entry, siblings: list[Entry], copy: Entry | None) -> None:
+        self.index.put(new)
+        self.index.set_siblings(new.path, siblings)
+        self.index.drop_intent(new.path)
+        if copy is not None:
+            self.index.put(copy)
+
+    def flush(self) -> None:
+        """Put the queued files in place: make their content durable at once, record the intents in one
+        commit, rename them all, make the renames durable, and record the outcome in one commit.
+        Crash safety is that of a single put (intents before renames), with two commits per batch."""
+        queue, self._queue = self._queue, []
+        self._queued_keys.clear()
+        if not queue:
+            return
+        try:
+            fsutil.sync_files([q.tmp for q in queue])
+            with self.index.tx():
+                for q in queue:
+                    self.index.add_intent(q.new, q.siblings)
+        except OSError as exc:
+            for q in queue:
+                q.tmp.unlink(missing_ok=True)
+                self._keep_for_later(q.m, q.data, self._os_retry(q.new.path, exc))
+            return
+        done: list[_Queued] = []
+        failed: list[tuple[_Queued, Retry]] = []
+        for q in queue:
+            target = paths.join(self.root, q.new.path)
+            try:
+                self._replace(q.local, q.new, q.tmp, target, keep_local_as_conflict=False)
+                done.append(q)
+            except Retry as exc:
+                q.tmp.unlink(missing_ok=True)
+                failed.append((q, exc))
+        fsutil.sync_folders({paths.join(self.root, q.new.path).parent for q in done})
+        with self.index.tx():
+            for q in done:
+                self._record_put(q.new, q.siblings, None)
+            for q, _ in failed:
+                self.index.drop_intent(q.new.path)
+        for q, why in failed:
+            self._keep_for_later(q.m, q.data, why)
+
+    def _discard_queue(self) -> None:
+        for q in self._queue:
+            q.tmp.unlink(missing_ok=True)
+        self._queue = []
+        self._queued_keys.clear()
 
     def _conflict_copy(self, local: Entry, target: Path) -> Entry:
         """Link the local (losing) content to its conflict name; return its new index row."""
