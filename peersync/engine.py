@@ -235,6 +235,7 @@ class Engine:
         """One full cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent."""
         self.settings = self.state.settings(self.cfg)
         report = CycleReport(self.cfg.name)
+        self.index.reload()
         with self.index.tx():
             self.index.set_meta("cycle", self.index.meta_int("cycle") + 1)
             self.index.clear_errors("store:")
@@ -311,6 +312,7 @@ class Engine:
     def scan_only(self) -> CycleReport:
         """Record local changes in the queue without sending anything (for `peersync queue`)."""
         report = CycleReport(self.cfg.name)
+        self.index.reload()
         check_marker(self.cfg, self.ident)
         _, scanner, applier = self._parts()
         applier.recover_intents()

@@ -100,13 +100,14 @@ class Entry:
         return not self.deleted
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f: getattr(self, f) for f in _FIELDS}  # dataclasses.asdict deep-copies: slow in bulk
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Entry:
         return cls(**data)
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
 _COLUMNS = "path, kind, deleted, hash, size, mtime_ns, mode, inode, vector, modified_by, local_seq"
 
 
@@ -129,6 +130,7 @@ class Index:
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
         self._in_tx = False
+        self._sibling_cache: set[str] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -284,15 +286,34 @@ class Index:
     # -- siblings: concurrent versions that lost ---------------------------------
 
     def siblings(self, path: str) -> list[Entry]:
+        if path not in self._sibling_paths():
+            return []
         rows = self.db.execute("SELECT entry FROM siblings WHERE path=? ORDER BY vector", (path,))
         return [Entry.from_dict(json.loads(r[0])) for r in rows]
 
     def set_siblings(self, path: str, entries: list[Entry]) -> None:
+        known = self._sibling_paths()
+        if not entries and path not in known:
+            return
         self.db.execute("DELETE FROM siblings WHERE path=?", (path,))
         self.db.executemany(
             "INSERT OR REPLACE INTO siblings(path, vector, entry) VALUES(?,?,?)",
             [(path, vv.dumps(e.vector), json.dumps(e.to_dict())) for e in entries],
         )
+        if entries:
+            known.add(path)
+        else:
+            known.discard(path)
+
+    def _sibling_paths(self) -> set[str]:
+        """The paths that have siblings: most stores have none, so most reads and writes are spared."""
+        if self._sibling_cache is None:
+            self._sibling_cache = {r[0] for r in self.db.execute("SELECT DISTINCT path FROM siblings")}
+        return self._sibling_cache
+
+    def reload(self) -> None:
+        """Forget what is cached: another process may have changed the index (call as a cycle starts)."""
+        self._sibling_cache = None
 
     def all_siblings(self) -> Iterator[Entry]:
         for (text,) in self.db.execute("SELECT entry FROM siblings ORDER BY path, vector"):
