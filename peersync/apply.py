@@ -38,6 +38,7 @@ from .errors import BadBundle, PathError
 from .ignore import Ignore
 from .index import Entry, Index
 from .scan import Scanner
+from .stop import StopCheck, Stopped, never
 from .versions import Archive
 
 log = logging.getLogger("peersync")
@@ -137,8 +138,10 @@ class Applier:
 
     # -- records from a bundle ------------------------------------------------
 
-    def apply_records(self, author: str, records: list[Record]) -> None:
+    def apply_records(self, author: str, records: list[Record], stop: StopCheck = never) -> None:
         for rec in records:
+            if stop():
+                raise Stopped  # between two records: the bundle is read again, and what is applied stays
             m = rec.meta
             if m["op"] == "part":
                 self._part(author, m, rec.data)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .index import Entry, Index
 from .relay import PeerRecord, Relay
 from .scan import Scanner
 from .state import Identity, State, StoreConfig
+from .stop import StopCheck, Stopped, never
 from .store import bundle_key, check_marker, roster_key, rotation_info
 from .versions import Archive
 
@@ -65,6 +66,7 @@ class CycleReport:
     deferred_deletes: int = 0
     unstable: int = 0
     pending: int = 0  # remote changes kept to retry (a held file, content not here yet)
+    stopped: str = ""  # the stage a stop was asked in; the cycle ended there, the rest is done next cycle
     waiting: list[str] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paused: str = ""
@@ -80,7 +82,8 @@ class Engine:
         self.state = state
         self.cfg = cfg
         self.ident = ident
-        self.progress = progress
+        self.progress = progress  # (stage, items, bytes) done, as they are done
+        self.expect: Progress = _quiet  # (stage, items, bytes) to do, before a stage starts, where it is known
         self.settings = state.settings(cfg)
         self.exclude = tuple(self.settings["exclude"]) + exclude
         self.relay = Relay(Path(cfg.relay), cfg.id)
@@ -92,6 +95,9 @@ class Engine:
         self.staging = state.store_dir(cfg.id) / "staging"
         self.quarantine_dir = state.store_dir(cfg.id) / "quarantine"
         self.missing_since: dict[str, float] = {}  # kept across the service's cycles
+        # Asked between atomic steps (a file scanned, a bundle written, a record applied); the service and
+        # `peersync sync` make it true on SIGINT/SIGTERM, and the cycle ends after the current step.
+        self.should_stop: StopCheck = never
 
     def close(self) -> None:
         self.index.close()
@@ -223,7 +229,7 @@ class Engine:
         ignore = Ignore(self.cfg.root, self.exclude + exclude)
         lasting = Ignore(self.cfg.root, self.exclude) if exclude else ignore
         scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress,
-                          self.missing_since, delete_delay)
+                          self.missing_since, delete_delay, stop=self.should_stop)
         applier = Applier(self.cfg.root, self.index, scanner, self.archive, lasting, self.ident.peer_id,
                           self.staging)
         return ignore, scanner, applier
@@ -249,6 +255,8 @@ class Engine:
         _, scanner, applier = self._parts(exclude, delete_delay)
         applier.recover_intents()
         self._scan(scanner, report, allow_deletes)
+        if self._stopping(report, "scan"):
+            return self._finish(report, ok=True)
         try:
             self.relay.check_reachable()
         except RelayError as exc:
@@ -257,7 +265,16 @@ class Engine:
             return self._finish(report, ok=False)
         if not self._publish_or_record(scanner, report):
             return self._finish(report, ok=False)
-        self._read(applier, report)
+        if self._stopping(report, "publish"):
+            return self._finish(report, ok=True)
+        try:
+            self._read(applier, report)
+        except Stopped:
+            self._stopping(report, "apply")
+            report.applied_ops += applier.applied_ops
+            report.conflicts += applier.conflicts
+            applier.clean_staging()
+            return self._finish(report, ok=True)
         applier.retry_pending()
         Compactor(self).maintain(report)
         report.applied_ops += applier.applied_ops
@@ -327,6 +344,16 @@ class Engine:
             return False
         return True
 
+    def _stopping(self, report: CycleReport, stage: str) -> bool:
+        """True (and noted in the report and the log) once a stop was asked; the cycle then ends."""
+        if not (report.stopped or self.should_stop()):
+            return False
+        if not report.stopped:
+            report.stopped = stage
+            log.info("%s: stopped during %s, before the end of the cycle; the next cycle does the rest",
+                     self.cfg.name, stage)
+        return True
+
     def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
         report.errors = self.index.errors()
         report.pending = len(self.index.pending())
@@ -338,11 +365,18 @@ class Engine:
         return report
 
     def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool) -> None:
+        known = self.index.count_live_files()
+        if not known and self.expect is not _quiet:  # a first scan: count what is there, for the progress bar
+            known = scanner.count_files()
+        self.expect("scan", known, 0)
         result = scanner.scan(allow_deletes=allow_deletes)
         report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
         report.deferred_deletes, report.unstable = result.deferred_deletes, len(result.unstable)
+        if result.stopped:
+            self._stopping(report, "scan")
         with self.index.tx():
-            self.index.clear_errors("scan:")
+            if not result.stopped:  # a stopped walk did not look at every path: earlier problems stand
+                self.index.clear_errors("scan:")
             for path, message, hint in result.problems:
                 self.index.record_error(f"scan:{path}", "scan", path, message, hint)
             if result.held_deletes:
@@ -356,47 +390,76 @@ class Engine:
     # -- publishing -------------------------------------------------------------
 
     def _publish(self, scanner: Scanner, report: CycleReport) -> None:
+        """Pack the outgoing queue (and content other peers asked for) into bundles and write them.
+
+        A stop asked meanwhile ends it between two records: the bundle being
+        packed is written, and ``published_seq`` covers only the changes sent
+        whole, so the others are sent again by the next cycle.
+        """
         outgoing = self.index.outgoing()
         wanted = self._wanted()
         if not outgoing and not wanted:
             return
         gone_hashes = {e.hash: e.path for e in outgoing if e.deleted and e.kind == "file" and e.hash}
+        todo = [(e, e.local_seq, "") for e in outgoing] + [(e, 0, key) for e, key in wanted]
+        content = sum(0 if e.deleted or e.kind == "dir" or (top and e.hash in gone_hashes) else e.size
+                      for e, top, _key in todo)
+        self.expect("pack", len(todo), content)
+        self.expect("publish", len(todo), content)
         seq = max(self.index.meta_int("last_bundle_seq"), self.relay.next_seq(self.ident.peer_id) - 1)
         max_bytes = int(self.settings["bundle_max_bytes"])
         batch: list[Record] = []
         batch_size = 0
         batch_top = 0
+        answered: list[str] = []  # requests answered by changes whole in the batch: noted once it is written
 
         def flush() -> None:
-            nonlocal seq, batch, batch_size
+            nonlocal seq, batch, batch_size, answered
             seq += 1
             data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=self.epoch, seq=seq,
                                key=self.seal_key, signer=self.ident.key)
             self.relay.write_bundle(self.ident.peer_id, seq, data)
-            self.progress("publish", 1, len(data))
+            ops = sum(1 for r in batch if r.meta["op"] != "part")
+            self.progress("publish", ops, sum(len(r.data) for r in batch))
             with self.index.tx():
                 self.index.set_meta("last_bundle_seq", seq)
                 if batch_top:
                     self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
+                for key in answered:
+                    self.index.set_meta(key, time.time())
             report.bundles_written += 1
-            report.published_ops += sum(1 for r in batch if r.meta["op"] != "part")
-            batch, batch_size = [], 0
+            report.published_ops += ops
+            batch, batch_size, answered = [], 0, []
 
-        for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
-            for rec in self._records(entry, scanner, gone_hashes if top else {}):
-                self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
-                if batch and batch_size + rec.encoded_size > max_bytes:
-                    flush()
-                batch.append(rec)
-                batch_size += rec.encoded_size
+        stopped = False
+        for entry, top, key in todo:
+            if self.should_stop():
+                break
+            records = self._records(entry, scanner, gone_hashes if top else {})
+            try:
+                for rec in records:
+                    if self.should_stop():  # between the parts of a large file
+                        stopped = True
+                        break
+                    self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
+                    if batch and batch_size + rec.encoded_size > max_bytes:
+                        flush()
+                    batch.append(rec)
+                    batch_size += rec.encoded_size
+            finally:
+                records.close()
+            if stopped:
+                break
             batch_top = max(batch_top, top)
+            if key:
+                answered.append(key)
         if batch:
             flush()
         elif batch_top:
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
-    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Iterator[Record]:
+    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Generator[Record, None, None]:
         base = {"path": e.path, "vector": e.vector, "by": e.modified_by}
         if e.deleted:
             yield Record({"op": "delete", "kind": e.kind, "hash": e.hash, "mtime_ns": e.mtime_ns, **base})
@@ -423,7 +486,7 @@ class Engine:
         except (OSError, ValueError):
             scanner.refresh(e.path)  # changed or gone since the scan: it is sent again as it is now
 
-    def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Iterator[Record]:
+    def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Generator[Record, None, None]:
         """A large file as a put carrying its first part, then parts; memory stays one part."""
         h = hashlib.sha256()
         offset = 0
@@ -443,9 +506,10 @@ class Engine:
                 if offset >= meta["size"] or not chunk:
                     break
 
-    def _wanted(self) -> list[Entry]:
-        """Live files other peers asked for (a rename whose content they did not have)."""
-        out: list[Entry] = []
+    def _wanted(self) -> list[tuple[Entry, str]]:
+        """Live files other peers asked for (a rename whose content they did not have), each with the
+        meta key that marks the request answered once the file is written to the relay."""
+        out: list[tuple[Entry, str]] = []
         roster, _ = self.roster()
         for peer, rec in roster.items():
             if peer == self.ident.peer_id:
@@ -456,9 +520,7 @@ class Engine:
                 if self.index.get_meta(key):
                     continue
                 for e in self.index.find_by_hash(str(want.get("hash"))):
-                    out.append(e)
-                    with self.index.tx():
-                        self.index.set_meta(key, time.time())
+                    out.append((e, key))
                     break
         return out
 
@@ -478,10 +540,10 @@ class Engine:
         applied = self.index.applied()
         grace = float(self.settings["bundle_grace_seconds"])
         readable = dict(roster, **self._removed_records)
-        for peer, rec in sorted(readable.items()):
-            if peer == self.ident.peer_id:
-                continue
-            found, _strays = self.relay.list_bundles(peer)
+        listed = {peer: self.relay.list_bundles(peer)[0] for peer in sorted(readable) if peer != self.ident.peer_id}
+        self._expect_bundles(listed, applied)
+        for peer, found in listed.items():
+            rec = readable[peer]
             seq = applied.get(peer, 0) + 1
             limit = self.removed.get(peer, 1 << 62)
             rejected = [s for s in found if s > limit]
@@ -491,6 +553,8 @@ class Engine:
                     self.index.add_correction(f"peer {peer[:7]}", f"rejected its bundles after {limit}: it was "
                                                                   "removed from the store")
             while seq in found and seq <= limit:
+                if self.should_stop():
+                    raise Stopped
                 try:
                     header, records = self._open(found[seq], peer, seq, rec.public_key)
                 except (IncompleteBundle, BadBundle) as exc:
@@ -498,22 +562,36 @@ class Engine:
                         break
                     seq += 1
                     continue
-                before = applier.applied_ops
                 try:
-                    applier.apply_records(peer, records)
+                    applier.apply_records(peer, records, self.should_stop)
                 except OSError as exc:  # e.g. the state folder's disk is full: retry the bundle later
                     with self.index.tx():
                         self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
                                                 f"bundle {seq} of peer {peer[:7]} could not be applied "
                                                 f"({exc.strerror or exc})", "it is retried every cycle")
                     break
-                self.progress("apply", applier.applied_ops - before, header.payload_size)
+                self.progress("apply", 1, bundle.HEADER_SIZE + header.ciphertext_size + bundle.SIGNATURE_SIZE)
                 with self.index.tx():
                     self.index.set_applied(peer, seq)
                     self.index.forget_bad_bundle(peer, seq)
                 seq += 1
             if found and max(found) >= seq and seq not in found:
                 report.waiting.append(f"bundle {seq} of peer {peer[:7]} has not arrived yet")
+
+    def _expect_bundles(self, listed: dict[str, dict[int, Path]], applied: dict[str, int]) -> None:
+        """Tell the progress display how many bundles (and bytes) fetch, verify and apply have before them."""
+        count = size = 0
+        for peer, found in listed.items():
+            seq, limit = applied.get(peer, 0) + 1, self.removed.get(peer, 1 << 62)
+            while seq in found and seq <= limit:
+                try:
+                    size += found[seq].stat().st_size
+                except OSError:
+                    pass
+                count += 1
+                seq += 1
+        for stage in ("fetch", "verify", "apply"):
+            self.expect(stage, count, size)
 
     def _open(self, path: Path, peer: str, seq: int, public_key: bytes) -> tuple[bundle.Header, list[Record]]:
         try:

@@ -23,6 +23,7 @@ from . import fsutil, paths
 from . import vector as vv
 from .ignore import Ignore
 from .index import Entry, Index
+from .stop import StopCheck, never
 
 Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
 
@@ -40,6 +41,7 @@ class ScanResult:
     deferred_deletes: int = 0
     held_deletes: int = 0
     live_files: int = 0
+    stopped: bool = False  # a stop was asked: the walk ended early and no deletion was decided
     unstable: list[str] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (path, message, hint)
 
@@ -52,8 +54,9 @@ def file_mode(st: os.stat_result) -> int:
 class Scanner:
     def __init__(self, root: Path, index: Index, ignore: Ignore, peer: str, settings: dict[str, Any],
                  progress: Progress = _no_progress, missing_since: dict[str, float] | None = None,
-                 delete_delay: float = 0.0) -> None:
+                 delete_delay: float = 0.0, stop: StopCheck = never) -> None:
         self.root = root
+        self.stop = stop  # asked before each entry of a walk: a stopped walk decides no deletion
         # When each missing path was first seen missing: a deletion is sent only once the path
         # has stayed missing for ``delete_delay`` seconds (kept across cycles by the service).
         self.missing_since = missing_since if missing_since is not None else {}
@@ -160,6 +163,10 @@ class Scanner:
                                             "check its permissions"))
                     continue
                 for de in entries:
+                    if self.stop():
+                        result.stopped = True
+                        stack.clear()
+                        break
                     name = self._nfc_name(folder, de.name, result)
                     if name is None:
                         continue
@@ -204,8 +211,35 @@ class Scanner:
                         continue
                     self._examine_file(rel, path, st, result)
                     self.progress("hash", 1, st.st_size)
+            if result.stopped:
+                return result  # what was scanned is kept; files not walked are not deleted ones
             self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
         return result
+
+    def count_files(self) -> int:
+        """How many files a full scan would look at, by a walk that reads no file (for a progress total)."""
+        count = 0
+        stack: list[tuple[str, str]] = [(str(self.root), "")]
+        while stack and not self.stop():
+            folder, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for de in entries:
+                rel = prefix + de.name
+                try:
+                    is_dir = de.is_dir(follow_symlinks=False)
+                    is_file = de.is_file(follow_symlinks=False)
+                except OSError:
+                    continue
+                if de.name.startswith(fsutil.TEMP_PREFIX) or self.ignore.ignored(rel, is_dir):
+                    continue
+                if is_dir:
+                    stack.append((de.path, rel + "/"))
+                elif is_file:
+                    count += 1
+        return count
 
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
                    skipped_dirs: list[str], allow_deletes: bool, result: ScanResult,

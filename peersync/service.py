@@ -3,8 +3,9 @@
 The loop wakes on filesystem events in a store (watchdog), on new files in
 the relay (watchdog where the cloud client raises events, a cheap listing
 poll where it does not), and on a periodic full rescan; a short debounce
-turns a burst of saves into one cycle. SIGINT/SIGTERM set a flag that is
-checked between atomic steps, so the loop ends after the current cycle.
+turns a burst of saves into one cycle. SIGINT/SIGTERM set a flag that the
+cycle checks between atomic steps (a file scanned, a bundle written, a record
+applied), so the loop ends after the current step.
 """
 
 from __future__ import annotations
@@ -162,12 +163,42 @@ def run_loop(
         observer.join(timeout=5)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, frame: object) -> None:
-        log.info("signal %s: stopping after the current step", signum)
-        stop.set()
+class StopOnSignals:
+    """While active, SIGINT and SIGTERM (CTRL_BREAK on Windows) set ``stop``: the work ends after its current step.
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    if hasattr(signal, "SIGBREAK"):  # CTRL_BREAK on Windows
-        signal.signal(signal.SIGBREAK, handler)
+    With ``interrupt_twice``, a second SIGINT while stopping raises KeyboardInterrupt at once, for
+    a user at a terminal who will not wait. ``signum`` is the first signal received. Signal
+    handlers belong to the main thread: elsewhere nothing is installed.
+    """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+    def __init__(self, stop: threading.Event, interrupt_twice: bool = False) -> None:
+        self.stop = stop
+        self.interrupt_twice = interrupt_twice
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.interrupt_twice and self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        log.info("signal %s: stopping after the current step", signum)
+        self.stop.set()
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """For the life of the process: SIGINT/SIGTERM (CTRL_BREAK) set ``stop``."""
+    StopOnSignals(stop).__enter__()
