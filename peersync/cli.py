@@ -208,7 +208,7 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
         if not args.quiet:
             _out(f"peersync {__version__} is syncing {names}; Ctrl-C stops it.")
 
-        def cycle(w: Watched, full: bool) -> float | None:
+        def cycle(w: Watched, paths: dict[str, bool] | None) -> float | None:
             engine = engines[w.key]
             engine.should_stop = stop.is_set
             delay = float(state.settings(engine.cfg)["delete_delay_seconds"])
@@ -221,7 +221,8 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
                     if stop.is_set() or time.monotonic() > deadline:
                         return 1.0
             try:
-                report = engine.cycle(delete_delay=delay)
+                report = engine.cycle(delete_delay=delay, paths=paths)
+                log.debug("%s: scanned %s", engine.cfg.name, report.scanned)
             except PeersyncError as exc:
                 log.error("%s: %s", engine.cfg.name, exc.sentence())
                 return 5.0

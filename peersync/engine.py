@@ -35,7 +35,7 @@ from .errors import (
 from .ignore import Ignore
 from .index import Entry, Index
 from .relay import PeerRecord, Relay
-from .scan import Scanner
+from .scan import NeedFullScan, Scanner
 from .state import Identity, State, StoreConfig
 from .stop import StopCheck, Stopped, never
 from .store import bundle_key, check_marker, roster_key, rotation_info
@@ -70,6 +70,7 @@ class CycleReport:
     waiting: list[str] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paused: str = ""
+    scanned: str = "full"  # "full", or how many paths a partial scan looked at ("12 paths")
 
     @property
     def ok(self) -> bool:
@@ -85,6 +86,7 @@ class Engine:
         self.progress = progress  # (stage, items, bytes) done, as they are done
         self.expect: Progress = _quiet  # (stage, items, bytes) to do, before a stage starts, where it is known
         self.settings = state.settings(cfg)
+        self._exclude = exclude
         self.exclude = tuple(self.settings["exclude"]) + exclude
         self.relay = Relay(Path(cfg.relay), cfg.id)
         self._load_keys()
@@ -98,6 +100,11 @@ class Engine:
         # Asked between atomic steps (a file scanned, a bundle written, a record applied); the service and
         # `peersync sync` make it true on SIGINT/SIGTERM, and the cycle ends after the current step.
         self.should_stop: StopCheck = never
+        # Partial scans: paths to look at again whatever the watcher says (files still being written,
+        # deletions waiting for their delay), and whether the next scan must be a full one.
+        self.recheck: dict[str, bool] = {}
+        self.full_scan_due = True
+        self._scanned_exclude: tuple[str, ...] | None = None
 
     def close(self) -> None:
         self.index.close()
@@ -237,9 +244,16 @@ class Engine:
     # -- the cycle ------------------------------------------------------------
 
     def cycle(self, allow_deletes: bool = False, exclude: tuple[str, ...] = (),
-              delete_delay: float = 0.0) -> CycleReport:
-        """One full cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent."""
+              delete_delay: float = 0.0, paths: dict[str, bool] | None = None) -> CycleReport:
+        """One cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent.
+
+        ``paths`` (from a trusted watcher: store-relative path -> walk it whole if a folder)
+        limits the scan to those paths; None scans the whole store. A partial scan becomes
+        a full one when this engine has not scanned the store whole yet, when the
+        exclude patterns changed, or when it meets what only a full scan handles.
+        """
         self.settings = self.state.settings(self.cfg)
+        self.exclude = tuple(self.settings["exclude"]) + self._exclude
         report = CycleReport(self.cfg.name)
         with self.index.tx():
             self.index.set_meta("cycle", self.index.meta_int("cycle") + 1)
@@ -254,7 +268,7 @@ class Engine:
             return self._finish(report, ok=False)
         _, scanner, applier = self._parts(exclude, delete_delay)
         applier.recover_intents()
-        self._scan(scanner, report, allow_deletes)
+        self._scan(scanner, report, allow_deletes, paths, exclude)
         if self._stopping(report, "scan"):
             return self._finish(report, ok=True)
         try:
@@ -364,19 +378,46 @@ class Engine:
             self._heartbeat(report)
         return report
 
-    def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool) -> None:
-        known = self.index.count_live_files()
-        if not known and self.expect is not _quiet:  # a first scan: count what is there, for the progress bar
-            known = scanner.count_files()
-        self.expect("scan", known, 0)
-        result = scanner.scan(allow_deletes=allow_deletes)
+    def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool,
+              paths: dict[str, bool] | None = None, exclude: tuple[str, ...] = ()) -> None:
+        """Scan the whole store, or only ``paths`` (and what is to be looked at again) when that is safe."""
+        result = None
+        patterns = self.exclude + exclude
+        partial = paths is not None and not self.full_scan_due and patterns == self._scanned_exclude
+        self.full_scan_due = True  # until this scan ends well: what it was to look at is not lost
+        if partial and paths is not None:
+            dirty = dict(self.recheck)
+            for e in self.index.errors():  # a file that could not be read is tried again every cycle
+                if e["key"].startswith("scan:") and e["kind"] == "scan":
+                    dirty.setdefault(e["subject"].rstrip("/"), False)
+            for p, deep in paths.items():
+                dirty[p] = dirty.get(p, False) or deep
+            self.expect("scan", len(dirty), 0)
+            try:
+                result = scanner.scan_paths(dirty, allow_deletes=allow_deletes)
+                report.scanned = f"{len(dirty)} paths"
+            except NeedFullScan as exc:
+                log.debug("%s: a full scan instead of a partial one: %s", self.cfg.name, exc)
+        if result is None:
+            known = self.index.count_live_files()
+            if not known and self.expect is not _quiet:  # a first scan: count what is there, for the progress bar
+                known = scanner.count_files()
+            self.expect("scan", known, 0)
+            result = scanner.scan(allow_deletes=allow_deletes)
         report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
         report.deferred_deletes, report.unstable = result.deferred_deletes, len(result.unstable)
         if result.stopped:
             self._stopping(report, "scan")
+            return  # the next scan is a full one
+        self._scanned_exclude = patterns
+        # An editor's rename-aside is recognised by the inode of an ignored file anywhere in the store:
+        # while one is pending, scans are full ones.
+        self.full_scan_due = bool(result.moved_aside)
+        self.recheck = {p: False for p in [*result.unstable, *self.missing_since]}
+        if result.scope is not None:
+            report.files = result.live_files
         with self.index.tx():
-            if not result.stopped:  # a stopped walk did not look at every path: earlier problems stand
-                self.index.clear_errors("scan:")
+            # Recorded again, an error keeps when it started and counts one more failed cycle.
             for path, message, hint in result.problems:
                 self.index.record_error(f"scan:{path}", "scan", path, message, hint)
             if result.held_deletes:
@@ -386,6 +427,10 @@ class Engine:
                     "the deletion is held and not sent",
                     "if you deleted them, run `peersync sync --allow-deletes`; otherwise restore them",
                 )
+            # What this scan looked at and found well is no error any more; a partial scan leaves the rest.
+            for key, subject in self.index.stale_errors("scan:"):
+                if result.scope is None or key == "scan:held-deletes" or result.scope(subject):
+                    self.index.clear_error(key)
 
     # -- publishing -------------------------------------------------------------
 
