@@ -192,5 +192,7 @@ def reporter_for(stream: TextIO, quiet: bool) -> Reporter:
     if quiet:
         return Reporter()
     if stream.isatty():
-        return RichReporter()
+        from rich.console import Console
+
+        return RichReporter(Console(file=stream))  # where plain lines would go: stdout stays for the results
     return PlainReporter(stream)
