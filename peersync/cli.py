@@ -287,6 +287,9 @@ def cmd_status(state: State, args: argparse.Namespace) -> int:
             console.print(f"    [yellow]{len(s['conflicts'])} conflict copies[/] (peersync conflicts)")
         for e in s["errors"]:
             console.print(f"    [red]✗ {escape(e['subject'])}: {escape(e['message'])}[/]")
+        for c in s["corrections"]:
+            if time.time() - c["time"] < 24 * 3600:
+                console.print(f"    ↻ {escape(c['subject'])}: {escape(c['action'])} ({_when(c['time'])})")
     return 0
 
 
@@ -528,6 +531,7 @@ def cmd_config(state: State, args: argparse.Namespace) -> int:
         raise UsageError(f"unknown setting {args.key!r}", "known settings: " + ", ".join(sorted(DEFAULTS)))
     if args.key and args.value is not None:
         state.set_setting(args.key, args.value, store)
+        store = state.find_stores(args.store)[0] if args.store else None  # as it is saved now
     settings = state.settings(store)
     for key in sorted(settings):
         if args.key in (None, key):

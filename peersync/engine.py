@@ -252,6 +252,10 @@ class Engine:
         a full one when this engine has not scanned the store whole yet, when the
         exclude patterns changed, or when it meets what only a full scan handles.
         """
+        # Settings changed since this engine was made (`peersync config` while the service runs) count now.
+        fresh = next((s for s in self.state.stores() if s.id == self.cfg.id), None)
+        if fresh is not None:
+            self.cfg.settings = fresh.settings
         self.settings = self.state.settings(self.cfg)
         self.exclude = tuple(self.settings["exclude"]) + self._exclude
         report = CycleReport(self.cfg.name)
@@ -765,4 +769,5 @@ class Engine:
             "unknown_peers": problems,
             "conflicts": conflicts,
             "errors": self.index.errors(),
+            "corrections": self.index.corrections()[-10:],
         }
