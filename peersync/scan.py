@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import stat as statmod
+import sys
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -31,6 +32,10 @@ from .index import Entry, Index
 from .stop import StopCheck, never
 
 Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
+
+# Where a name is found whatever its letter case (Windows, macOS), a partial scan checks a
+# reported name against its folder's listing: "quote.txt" renamed "Quote.txt" is a new name.
+CASE_INSENSITIVE = fsutil.IS_WINDOWS or sys.platform == "darwin"
 
 
 def _no_progress(stage: str, items: int, nbytes: int) -> None:
@@ -358,6 +363,8 @@ class Scanner:
             path = folder / name
             try:
                 st = os.stat(path, follow_symlinks=False)
+                if CASE_INSENSITIVE and name not in look.listing(folder):
+                    raise FileNotFoundError(here)  # only another letter case of it is there
             except (FileNotFoundError, NotADirectoryError):
                 look.gone(here)  # and so is everything the index holds under it
                 return
@@ -508,6 +515,12 @@ class _Look:
     seen: set[str] = dataclasses.field(default_factory=set)
     skipped: list[str] = dataclasses.field(default_factory=list)
     ignored_inodes: set[int] = dataclasses.field(default_factory=set)
+    listings: dict[Path, set[str]] = dataclasses.field(default_factory=dict)
+
+    def listing(self, folder: Path) -> set[str]:
+        if folder not in self.listings:
+            self.listings[folder] = set(os.listdir(folder))
+        return self.listings[folder]
 
     def gone(self, rel: str) -> None:
         self.exact.add(rel)

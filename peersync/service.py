@@ -83,13 +83,20 @@ class _Wake(FileSystemEventHandler):
         self.own = str(watched.own_dir) + os.sep
         self.store = store
         self.max_paths = max_paths
-        self.root = str(watched.store_dir)
+        self.roots = sorted({str(watched.store_dir), os.path.realpath(watched.store_dir)})
 
     def _rel(self, path: str) -> str | None:
-        rel = os.path.relpath(path, self.root)
-        if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
-            return None
-        return rel.replace(os.sep, "/")
+        """The store-relative path of an event's path; "" for the store folder; None if it is not in the store."""
+        for root in self.roots:
+            try:
+                rel = os.path.relpath(path, root)
+            except ValueError:  # another drive
+                continue
+            if rel == os.curdir:
+                return ""
+            if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+                return rel.replace(os.sep, "/")
+        return None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = str(event.src_path)
@@ -105,7 +112,9 @@ class _Wake(FileSystemEventHandler):
                 deep = event.is_directory and kind in ("created", "deleted", "moved")
                 for p in (path, str(event.dest_path)) if kind == "moved" else (path,):
                     rel = self._rel(p)
-                    if rel is not None:
+                    if rel is None:
+                        w.lost = True  # a path it cannot place: the next scan is a full one
+                    elif rel:
                         w.note(rel, deep, self.max_paths)
             if not w.dirty:
                 w.first_event = now
