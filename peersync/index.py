@@ -24,7 +24,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -376,8 +376,8 @@ class Index:
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
-    def stat_rows(self, paths: Iterable[str],
-                  trees: Iterable[str] = ()) -> dict[str, tuple[str, bool, int, int, int, int]]:
+    def stat_rows(self, paths: set[str],
+                  trees: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[str, bool, int, int, int, int]]:
         """:meth:`stat_map` for ``paths`` and everything under the folders ``trees`` only (a partial scan)."""
         cols = "SELECT path, kind, deleted, size, mtime_ns, inode, mode FROM files"
         rows: list[Any] = []
