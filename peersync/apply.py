@@ -39,6 +39,7 @@ from .errors import BadBundle, PathError
 from .ignore import Ignore
 from .index import Entry, Index
 from .scan import Scanner
+from .stop import StopCheck, Stopped, never
 from .versions import Archive
 
 log = logging.getLogger("peersync")
@@ -178,9 +179,12 @@ class Applier:
 
     # -- records from a bundle ------------------------------------------------
 
-    def apply_records(self, author: str, records: list[Record]) -> None:
+    def apply_records(self, author: str, records: list[Record], stop: StopCheck = never) -> None:
         try:
             for rec in records:
+                if stop():
+                    self.flush()  # what is written so far is put in place and kept
+                    raise Stopped  # between two records: the bundle is read again
                 m = rec.meta
                 if m["op"] == "part":
                     self.flush()

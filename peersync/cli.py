@@ -112,11 +112,13 @@ def cmd_join(state: State, args: argparse.Namespace) -> int:
 def _report_line(r: CycleReport) -> str:
     if r.paused:
         return f"✗ {r.store}: {r.paused}"
-    mark = "✓" if r.ok else "✗"
+    mark = "■" if r.stopped else "✓" if r.ok else "✗"
     parts = [f"{r.files} files", f"{r.published_ops} sent in {r.bundles_written} bundles",
              f"{r.applied_ops} applied"]
     if r.conflicts:
         parts.append(f"{r.conflicts} conflicts kept as copies")
+    if r.stopped:
+        parts.append(f"stopped during {r.stopped}; the next cycle does the rest")
     return f"{mark} {r.store}: " + ", ".join(parts)
 
 
@@ -136,7 +138,14 @@ def _print_report(report: CycleReport, quiet: bool = False) -> None:
 
 
 def cmd_sync(state: State, args: argparse.Namespace) -> int:
-    """One cycle now, whatever the schedule; if the service runs, between two of its cycles."""
+    """One cycle now, whatever the schedule; if the service runs, between two of its cycles.
+
+    Ctrl-C (or SIGTERM) ends the cycle after its current atomic step, like the
+    service's; the exit status is then 128 + the signal's number (130 for Ctrl-C).
+    A second Ctrl-C interrupts at once.
+    """
+    from .service import StopOnSignals
+
     lock = Lock(state, "cycle")
     try:
         lock.acquire(timeout=args.wait, what="finish its cycle")
@@ -145,21 +154,33 @@ def cmd_sync(state: State, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     status = 0
+    stop = threading.Event()
     try:
-        for engine in _engines(state, args.store):
-            reporter = reporter_for(sys.stderr, args.quiet)
-            engine.progress = reporter
-            reporter.begin(engine.cfg.name)
+        with StopOnSignals(stop, interrupt_twice=True) as signals:
+            engines = _engines(state, args.store)
             try:
-                report = engine.cycle(allow_deletes=args.allow_deletes, exclude=tuple(args.exclude or ()))
+                for engine in engines:
+                    if stop.is_set():
+                        break
+                    reporter = reporter_for(sys.stderr, args.quiet)
+                    engine.progress, engine.expect, engine.should_stop = reporter, reporter.total, stop.is_set
+                    reporter.begin(engine.cfg.name)
+                    try:
+                        report = engine.cycle(allow_deletes=args.allow_deletes, exclude=tuple(args.exclude or ()))
+                    finally:
+                        reporter.end()
+                    _print_report(report, args.quiet)
+                    if not report.ok:
+                        status = 1
             finally:
-                reporter.end()
-                engine.close()
-            _print_report(report, args.quiet)
-            if not report.ok:
-                status = 1
+                for engine in engines:
+                    engine.close()
     finally:
         lock.release()
+    if signals.signum is not None:
+        print("peersync: stopped by a signal after the current step; what was done is kept and the next sync "
+              "does the rest.", file=sys.stderr)
+        return 128 + int(signals.signum)
     return status
 
 
@@ -187,15 +208,21 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
         if not args.quiet:
             _out(f"peersync {__version__} is syncing {names}; Ctrl-C stops it.")
 
-        def cycle(w: Watched, full: bool) -> float | None:
+        def cycle(w: Watched, paths: dict[str, bool] | None) -> float | None:
             engine = engines[w.key]
+            engine.should_stop = stop.is_set
             delay = float(state.settings(engine.cfg)["delete_delay_seconds"])
+            deadline = time.monotonic() + 600
+            while True:  # `peersync sync` may hold the cycle lock: wait for it, but not through a stop
+                try:
+                    cycle_lock.acquire(timeout=0.5, what="finish")
+                    break
+                except PeersyncError:
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return 1.0
             try:
-                cycle_lock.acquire(timeout=600, what="finish")
-            except PeersyncError:
-                return 1.0
-            try:
-                report = engine.cycle(delete_delay=delay)
+                report = engine.cycle(delete_delay=delay, paths=paths)
+                log.debug("%s: scanned %s", engine.cfg.name, report.scanned)
             except PeersyncError as exc:
                 log.error("%s: %s", engine.cfg.name, exc.sentence())
                 return 5.0
@@ -204,7 +231,7 @@ def cmd_run(state: State, args: argparse.Namespace) -> int:
                 return 30.0
             finally:
                 cycle_lock.release()
-            if report.applied_ops or report.published_ops or report.errors or report.paused:
+            if report.applied_ops or report.published_ops or report.errors or report.paused or report.stopped:
                 log.info(_report_line(report))
                 if not args.quiet:
                     _out(_report_line(report))
@@ -260,6 +287,9 @@ def cmd_status(state: State, args: argparse.Namespace) -> int:
             console.print(f"    [yellow]{len(s['conflicts'])} conflict copies[/] (peersync conflicts)")
         for e in s["errors"]:
             console.print(f"    [red]✗ {escape(e['subject'])}: {escape(e['message'])}[/]")
+        for c in s["corrections"]:
+            if time.time() - c["time"] < 24 * 3600:
+                console.print(f"    ↻ {escape(c['subject'])}: {escape(c['action'])} ({_when(c['time'])})")
     return 0
 
 
@@ -501,6 +531,7 @@ def cmd_config(state: State, args: argparse.Namespace) -> int:
         raise UsageError(f"unknown setting {args.key!r}", "known settings: " + ", ".join(sorted(DEFAULTS)))
     if args.key and args.value is not None:
         state.set_setting(args.key, args.value, store)
+        store = state.find_stores(args.store)[0] if args.store else None  # as it is saved now
     settings = state.settings(store)
     for key in sorted(settings):
         if args.key in (None, key):

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from .errors import (
 from .ignore import Ignore
 from .index import Entry, Index
 from .relay import PeerRecord, Relay
-from .scan import Scanner
+from .scan import NeedFullScan, Scanner
 from .state import Identity, State, StoreConfig
+from .stop import StopCheck, Stopped, never
 from .store import bundle_key, check_marker, roster_key, rotation_info
 from .versions import Archive
 
@@ -65,9 +66,11 @@ class CycleReport:
     deferred_deletes: int = 0
     unstable: int = 0
     pending: int = 0  # remote changes kept to retry (a held file, content not here yet)
+    stopped: str = ""  # the stage a stop was asked in; the cycle ended there, the rest is done next cycle
     waiting: list[str] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paused: str = ""
+    scanned: str = "full"  # "full", or how many paths a partial scan looked at ("12 paths")
 
     @property
     def ok(self) -> bool:
@@ -80,8 +83,10 @@ class Engine:
         self.state = state
         self.cfg = cfg
         self.ident = ident
-        self.progress = progress
+        self.progress = progress  # (stage, items, bytes) done, as they are done
+        self.expect: Progress = _quiet  # (stage, items, bytes) to do, before a stage starts, where it is known
         self.settings = state.settings(cfg)
+        self._exclude = exclude
         self.exclude = tuple(self.settings["exclude"]) + exclude
         self.relay = Relay(Path(cfg.relay), cfg.id)
         self._load_keys()
@@ -92,6 +97,14 @@ class Engine:
         self.staging = state.store_dir(cfg.id) / "staging"
         self.quarantine_dir = state.store_dir(cfg.id) / "quarantine"
         self.missing_since: dict[str, float] = {}  # kept across the service's cycles
+        # Asked between atomic steps (a file scanned, a bundle written, a record applied); the service and
+        # `peersync sync` make it true on SIGINT/SIGTERM, and the cycle ends after the current step.
+        self.should_stop: StopCheck = never
+        # Partial scans: paths to look at again whatever the watcher says (files still being written,
+        # deletions waiting for their delay), and whether the next scan must be a full one.
+        self.recheck: dict[str, bool] = {}
+        self.full_scan_due = True
+        self._scanned_exclude: tuple[str, ...] | None = None
 
     def close(self) -> None:
         self.index.close()
@@ -223,7 +236,7 @@ class Engine:
         ignore = Ignore(self.cfg.root, self.exclude + exclude)
         lasting = Ignore(self.cfg.root, self.exclude) if exclude else ignore
         scanner = Scanner(self.cfg.root, self.index, ignore, self.ident.peer_id, self.settings, self.progress,
-                          self.missing_since, delete_delay)
+                          self.missing_since, delete_delay, stop=self.should_stop)
         applier = Applier(self.cfg.root, self.index, scanner, self.archive, lasting, self.ident.peer_id,
                           self.staging)
         return ignore, scanner, applier
@@ -231,9 +244,20 @@ class Engine:
     # -- the cycle ------------------------------------------------------------
 
     def cycle(self, allow_deletes: bool = False, exclude: tuple[str, ...] = (),
-              delete_delay: float = 0.0) -> CycleReport:
-        """One full cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent."""
+              delete_delay: float = 0.0, paths: dict[str, bool] | None = None) -> CycleReport:
+        """One cycle. ``delete_delay``: seconds a file must stay missing before its deletion is sent.
+
+        ``paths`` (from a trusted watcher: store-relative path -> walk it whole if a folder)
+        limits the scan to those paths; None scans the whole store. A partial scan becomes
+        a full one when this engine has not scanned the store whole yet, when the
+        exclude patterns changed, or when it meets what only a full scan handles.
+        """
+        # Settings changed since this engine was made (`peersync config` while the service runs) count now.
+        fresh = next((s for s in self.state.stores() if s.id == self.cfg.id), None)
+        if fresh is not None:
+            self.cfg.settings = fresh.settings
         self.settings = self.state.settings(self.cfg)
+        self.exclude = tuple(self.settings["exclude"]) + self._exclude
         report = CycleReport(self.cfg.name)
         self.index.reload()
         with self.index.tx():
@@ -249,7 +273,9 @@ class Engine:
             return self._finish(report, ok=False)
         _, scanner, applier = self._parts(exclude, delete_delay)
         applier.recover_intents()
-        self._scan(scanner, report, allow_deletes)
+        self._scan(scanner, report, allow_deletes, paths, exclude)
+        if self._stopping(report, "scan"):
+            return self._finish(report, ok=True)
         try:
             self.relay.check_reachable()
         except RelayError as exc:
@@ -258,7 +284,16 @@ class Engine:
             return self._finish(report, ok=False)
         if not self._publish_or_record(scanner, report):
             return self._finish(report, ok=False)
-        self._read(applier, report)
+        if self._stopping(report, "publish"):
+            return self._finish(report, ok=True)
+        try:
+            self._read(applier, report)
+        except Stopped:
+            self._stopping(report, "apply")
+            report.applied_ops += applier.applied_ops
+            report.conflicts += applier.conflicts
+            applier.clean_staging()
+            return self._finish(report, ok=True)
         applier.retry_pending()
         Compactor(self).maintain(report)
         report.applied_ops += applier.applied_ops
@@ -331,6 +366,16 @@ class Engine:
             return False
         return True
 
+    def _stopping(self, report: CycleReport, stage: str) -> bool:
+        """True (and noted in the report and the log) once a stop was asked; the cycle then ends."""
+        if not (report.stopped or self.should_stop()):
+            return False
+        if not report.stopped:
+            report.stopped = stage
+            log.info("%s: stopped during %s, before the end of the cycle; the next cycle does the rest",
+                     self.cfg.name, stage)
+        return True
+
     def _finish(self, report: CycleReport, ok: bool) -> CycleReport:
         report.errors = self.index.errors()
         report.pending = len(self.index.pending())
@@ -341,12 +386,46 @@ class Engine:
             self._heartbeat(report)
         return report
 
-    def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool) -> None:
-        result = scanner.scan(allow_deletes=allow_deletes)
+    def _scan(self, scanner: Scanner, report: CycleReport, allow_deletes: bool,
+              paths: dict[str, bool] | None = None, exclude: tuple[str, ...] = ()) -> None:
+        """Scan the whole store, or only ``paths`` (and what is to be looked at again) when that is safe."""
+        result = None
+        patterns = self.exclude + exclude
+        partial = paths is not None and not self.full_scan_due and patterns == self._scanned_exclude
+        self.full_scan_due = True  # until this scan ends well: what it was to look at is not lost
+        if partial and paths is not None:
+            dirty = dict(self.recheck)
+            for e in self.index.errors():  # a file that could not be read is tried again every cycle
+                if e["key"].startswith("scan:") and e["kind"] == "scan":
+                    dirty.setdefault(e["subject"].rstrip("/"), False)
+            for p, deep in paths.items():
+                dirty[p] = dirty.get(p, False) or deep
+            self.expect("scan", len(dirty), 0)
+            try:
+                result = scanner.scan_paths(dirty, allow_deletes=allow_deletes)
+                report.scanned = f"{len(dirty)} paths"
+            except NeedFullScan as exc:
+                log.debug("%s: a full scan instead of a partial one: %s", self.cfg.name, exc)
+        if result is None:
+            known = self.index.count_live_files()
+            if not known and self.expect is not _quiet:  # a first scan: count what is there, for the progress bar
+                known = scanner.count_files()
+            self.expect("scan", known, 0)
+            result = scanner.scan(allow_deletes=allow_deletes)
         report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
         report.deferred_deletes, report.unstable = result.deferred_deletes, len(result.unstable)
+        if result.stopped:
+            self._stopping(report, "scan")
+            return  # the next scan is a full one
+        self._scanned_exclude = patterns
+        # An editor's rename-aside is recognised by the inode of an ignored file anywhere in the store:
+        # while one is pending, scans are full ones.
+        self.full_scan_due = bool(result.moved_aside)
+        self.recheck = {p: False for p in [*result.unstable, *self.missing_since]}
+        if result.scope is not None:
+            report.files = result.live_files
         with self.index.tx():
-            self.index.clear_errors("scan:")
+            # Recorded again, an error keeps when it started and counts one more failed cycle.
             for path, message, hint in result.problems:
                 self.index.record_error(f"scan:{path}", "scan", path, message, hint)
             if result.held_deletes:
@@ -356,51 +435,84 @@ class Engine:
                     "the deletion is held and not sent",
                     "if you deleted them, run `peersync sync --allow-deletes`; otherwise restore them",
                 )
+            # What this scan looked at and found well is no error any more; a partial scan leaves the rest.
+            for key, subject in self.index.stale_errors("scan:"):
+                if result.scope is None or key == "scan:held-deletes" or result.scope(subject):
+                    self.index.clear_error(key)
 
     # -- publishing -------------------------------------------------------------
 
     def _publish(self, scanner: Scanner, report: CycleReport) -> None:
+        """Pack the outgoing queue (and content other peers asked for) into bundles and write them.
+
+        A stop asked meanwhile ends it between two records: the bundle being
+        packed is written, and ``published_seq`` covers only the changes sent
+        whole, so the others are sent again by the next cycle.
+        """
         outgoing = self.index.outgoing()
         wanted = self._wanted()
         if not outgoing and not wanted:
             return
         gone_hashes = {e.hash: e.path for e in outgoing if e.deleted and e.kind == "file" and e.hash}
+        todo = [(e, e.local_seq, "") for e in outgoing] + [(e, 0, key) for e, key in wanted]
+        content = sum(0 if e.deleted or e.kind == "dir" or (top and e.hash in gone_hashes) else e.size
+                      for e, top, _key in todo)
+        self.expect("pack", len(todo), content)
+        self.expect("publish", len(todo), content)
         seq = max(self.index.meta_int("last_bundle_seq"), self.relay.next_seq(self.ident.peer_id) - 1)
         max_bytes = int(self.settings["bundle_max_bytes"])
         batch: list[Record] = []
         batch_size = 0
         batch_top = 0
+        answered: list[str] = []  # requests answered by changes whole in the batch: noted once it is written
 
         def flush() -> None:
-            nonlocal seq, batch, batch_size
+            nonlocal seq, batch, batch_size, answered
             seq += 1
             data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=self.epoch, seq=seq,
                                key=self.seal_key, signer=self.ident.key)
             self.relay.write_bundle(self.ident.peer_id, seq, data)
-            self.progress("publish", 1, len(data))
+            ops = sum(1 for r in batch if r.meta["op"] != "part")
+            self.progress("publish", ops, sum(len(r.data) for r in batch))
             with self.index.tx():
                 self.index.set_meta("last_bundle_seq", seq)
                 if batch_top:
                     self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
+                for key in answered:
+                    self.index.set_meta(key, time.time())
             report.bundles_written += 1
-            report.published_ops += sum(1 for r in batch if r.meta["op"] != "part")
-            batch, batch_size = [], 0
+            report.published_ops += ops
+            batch, batch_size, answered = [], 0, []
 
-        for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
-            for rec in self._records(entry, scanner, gone_hashes if top else {}):
-                self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
-                if batch and batch_size + rec.encoded_size > max_bytes:
-                    flush()
-                batch.append(rec)
-                batch_size += rec.encoded_size
+        stopped = False
+        for entry, top, key in todo:
+            if self.should_stop():
+                break
+            records = self._records(entry, scanner, gone_hashes if top else {})
+            try:
+                for rec in records:
+                    if self.should_stop():  # between the parts of a large file
+                        stopped = True
+                        break
+                    self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
+                    if batch and batch_size + rec.encoded_size > max_bytes:
+                        flush()
+                    batch.append(rec)
+                    batch_size += rec.encoded_size
+            finally:
+                records.close()
+            if stopped:
+                break
             batch_top = max(batch_top, top)
+            if key:
+                answered.append(key)
         if batch:
             flush()
         elif batch_top:
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
-    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Iterator[Record]:
+    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Generator[Record, None, None]:
         meta = version_meta(e)
         if meta["op"] != "put":
             yield Record(meta)
@@ -423,7 +535,7 @@ class Engine:
         except (OSError, ValueError):
             scanner.refresh(e.path)  # changed or gone since the scan: it is sent again as it is now
 
-    def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Iterator[Record]:
+    def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Generator[Record, None, None]:
         """A large file as a put carrying its first part, then parts; memory stays one part."""
         h = hashlib.sha256()
         offset = 0
@@ -443,9 +555,10 @@ class Engine:
                 if offset >= meta["size"] or not chunk:
                     break
 
-    def _wanted(self) -> list[Entry]:
-        """Live files other peers asked for (a rename whose content they did not have)."""
-        out: list[Entry] = []
+    def _wanted(self) -> list[tuple[Entry, str]]:
+        """Live files other peers asked for (a rename whose content they did not have), each with the
+        meta key that marks the request answered once the file is written to the relay."""
+        out: list[tuple[Entry, str]] = []
         roster, _ = self.roster()
         for peer, rec in roster.items():
             if peer == self.ident.peer_id:
@@ -456,9 +569,7 @@ class Engine:
                 if self.index.get_meta(key):
                     continue
                 for e in self.index.find_by_hash(str(want.get("hash"))):
-                    out.append(e)
-                    with self.index.tx():
-                        self.index.set_meta(key, time.time())
+                    out.append((e, key))
                     break
         return out
 
@@ -478,10 +589,10 @@ class Engine:
         applied = self.index.applied()
         grace = float(self.settings["bundle_grace_seconds"])
         readable = dict(roster, **self._removed_records)
-        for peer, rec in sorted(readable.items()):
-            if peer == self.ident.peer_id:
-                continue
-            found, _strays = self.relay.list_bundles(peer)
+        listed = {peer: self.relay.list_bundles(peer)[0] for peer in sorted(readable) if peer != self.ident.peer_id}
+        self._expect_bundles(listed, applied)
+        for peer, found in listed.items():
+            rec = readable[peer]
             seq = applied.get(peer, 0) + 1
             limit = self.removed.get(peer, 1 << 62)
             rejected = [s for s in found if s > limit]
@@ -491,6 +602,8 @@ class Engine:
                     self.index.add_correction(f"peer {peer[:7]}", f"rejected its bundles after {limit}: it was "
                                                                   "removed from the store")
             while seq in found and seq <= limit:
+                if self.should_stop():
+                    raise Stopped
                 try:
                     header, records = self._open(found[seq], peer, seq, rec.public_key)
                 except (IncompleteBundle, BadBundle) as exc:
@@ -498,22 +611,36 @@ class Engine:
                         break
                     seq += 1
                     continue
-                before = applier.applied_ops
                 try:
-                    applier.apply_records(peer, records)
+                    applier.apply_records(peer, records, self.should_stop)
                 except OSError as exc:  # e.g. the state folder's disk is full: retry the bundle later
                     with self.index.tx():
                         self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
                                                 f"bundle {seq} of peer {peer[:7]} could not be applied "
                                                 f"({exc.strerror or exc})", "it is retried every cycle")
                     break
-                self.progress("apply", applier.applied_ops - before, header.payload_size)
+                self.progress("apply", 1, bundle.HEADER_SIZE + header.ciphertext_size + bundle.SIGNATURE_SIZE)
                 with self.index.tx():
                     self.index.set_applied(peer, seq)
                     self.index.forget_bad_bundle(peer, seq)
                 seq += 1
             if found and max(found) >= seq and seq not in found:
                 report.waiting.append(f"bundle {seq} of peer {peer[:7]} has not arrived yet")
+
+    def _expect_bundles(self, listed: dict[str, dict[int, Path]], applied: dict[str, int]) -> None:
+        """Tell the progress display how many bundles (and bytes) fetch, verify and apply have before them."""
+        count = size = 0
+        for peer, found in listed.items():
+            seq, limit = applied.get(peer, 0) + 1, self.removed.get(peer, 1 << 62)
+            while seq in found and seq <= limit:
+                try:
+                    size += found[seq].stat().st_size
+                except OSError:
+                    pass
+                count += 1
+                seq += 1
+        for stage in ("fetch", "verify", "apply"):
+            self.expect(stage, count, size)
 
     def _open(self, path: Path, peer: str, seq: int, public_key: bytes) -> tuple[bundle.Header, list[Record]]:
         try:
@@ -642,4 +769,5 @@ class Engine:
             "unknown_peers": problems,
             "conflicts": conflicts,
             "errors": self.index.errors(),
+            "corrections": self.index.corrections()[-10:],
         }

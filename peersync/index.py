@@ -430,3 +430,20 @@ class Index:
 
     def integrity_ok(self) -> bool:
         return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    def stat_rows(self, paths: set[str],
+                  trees: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[str, bool, int, int, int, int]]:
+        """:meth:`stat_map` for ``paths`` and everything under the folders ``trees`` only (a partial scan)."""
+        cols = "SELECT path, kind, deleted, size, mtime_ns, inode, mode FROM files"
+        rows: list[Any] = []
+        for p in paths:
+            rows += self.db.execute(f"{cols} WHERE path=?", (p,)).fetchall()
+        for t in trees:  # '0' follows '/': the range is every path under t/, with no LIKE wildcard to escape
+            rows += self.db.execute(f"{cols} WHERE path >= ? AND path < ?", (t + "/", t + "0")).fetchall()
+        return {r[0]: (r[1], bool(r[2]), r[3], r[4], r[5], r[6]) for r in rows}
+
+    def stale_errors(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, subject) of the errors under ``prefix`` not recorded again in the current cycle."""
+        rows = self.db.execute("SELECT key, subject FROM errors WHERE key LIKE ? AND seen_cycle <> ?",
+                               (prefix + "%", self.meta_int("cycle")))
+        return [(str(r[0]), str(r[1])) for r in rows]

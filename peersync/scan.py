@@ -5,6 +5,11 @@ index. Otherwise it is hashed, with a stat before and after: a file that
 changed while being read is still being written and waits for a later scan.
 A changed file gets a new version vector from this peer's clock and a
 ``local_seq`` that puts it in the outgoing queue.
+
+A full scan walks the whole store. A partial scan (:meth:`Scanner.scan_paths`)
+looks only at the paths a trusted watcher reported, with the same rules;
+it decides deletions among those paths only, so a file it did not look at
+is never taken for a deleted one.
 """
 
 from __future__ import annotations
@@ -13,22 +18,32 @@ import dataclasses
 import json
 import os
 import stat as statmod
+import sys
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import fsutil, paths
 from . import vector as vv
-from .ignore import Ignore
+from .ignore import IGNORE_FILE, Ignore
 from .index import Entry, Index
+from .stop import StopCheck, never
 
 Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
+
+# Where a name is found whatever its letter case (Windows, macOS), a partial scan checks a
+# reported name against its folder's listing: "quote.txt" renamed "Quote.txt" is a new name.
+CASE_INSENSITIVE = fsutil.IS_WINDOWS or sys.platform == "darwin"
 
 
 def _no_progress(stage: str, items: int, nbytes: int) -> None:
     pass
+
+
+class NeedFullScan(Exception):
+    """A partial scan met something only a full scan handles (a changed ignore file, a name to normalise)."""
 
 
 @dataclasses.dataclass
@@ -40,6 +55,10 @@ class ScanResult:
     deferred_deletes: int = 0
     held_deletes: int = 0
     live_files: int = 0
+    stopped: bool = False  # a stop was asked: the walk ended early and no deletion was decided
+    moved_aside: int = 0  # missing files whose inode lives on under an ignored name (an editor saving)
+    # A partial scan: which paths it looked at (the others keep what earlier scans found).
+    scope: Callable[[str], bool] | None = None
     unstable: list[str] = dataclasses.field(default_factory=list)
     problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (path, message, hint)
 
@@ -52,8 +71,9 @@ def file_mode(st: os.stat_result) -> int:
 class Scanner:
     def __init__(self, root: Path, index: Index, ignore: Ignore, peer: str, settings: dict[str, Any],
                  progress: Progress = _no_progress, missing_since: dict[str, float] | None = None,
-                 delete_delay: float = 0.0) -> None:
+                 delete_delay: float = 0.0, stop: StopCheck = never) -> None:
         self.root = root
+        self.stop = stop  # asked before each entry of a walk: a stopped walk decides no deletion
         # When each missing path was first seen missing: a deletion is sent only once the path
         # has stayed missing for ``delete_delay`` seconds (kept across cycles by the service).
         self.missing_since = missing_since if missing_since is not None else {}
@@ -166,6 +186,10 @@ class Scanner:
                                             "check its permissions"))
                     continue
                 for de in entries:
+                    if self.stop():
+                        result.stopped = True
+                        stack.clear()
+                        break
                     name = self._nfc_name(folder, de.name, result)
                     if name is None:
                         continue
@@ -210,12 +234,46 @@ class Scanner:
                         continue
                     self._examine_file(rel, path, st, result)
                     self.progress("hash", 1, st.st_size)
+            if result.stopped:
+                return result  # what was scanned is kept; files not walked are not deleted ones
             self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
         return result
 
+    def count_files(self) -> int:
+        """How many files a full scan would look at, by a walk that reads no file (for a progress total)."""
+        count = 0
+        stack: list[tuple[str, str]] = [(str(self.root), "")]
+        while stack and not self.stop():
+            folder, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for de in entries:
+                rel = prefix + de.name
+                try:
+                    is_dir = de.is_dir(follow_symlinks=False)
+                    is_file = de.is_file(follow_symlinks=False)
+                except OSError:
+                    continue
+                if de.name.startswith(fsutil.TEMP_PREFIX) or self.ignore.ignored(rel, is_dir):
+                    continue
+                if is_dir:
+                    stack.append((de.path, rel + "/"))
+                elif is_file:
+                    count += 1
+        return count
+
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
                    skipped_dirs: list[str], allow_deletes: bool, result: ScanResult,
-                   ignored_inodes: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+                   ignored_inodes: set[int] = frozenset(),  # type: ignore[assignment]
+                   in_scope: Callable[[str], bool] | None = None, live_files: int | None = None) -> None:
+        """Decide which of the ``known`` paths not ``seen`` are deleted.
+
+        A partial scan passes the rows of the paths it looked at as ``known``, says which
+        paths those are with ``in_scope``, and gives the store's ``live_files``: held
+        deletions and missing paths outside its scope stay as they are.
+        """
         gone = {
             p for p, (kind, deleted, *_rest) in known.items()
             if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
@@ -223,11 +281,16 @@ class Scanner:
         }
         moved_aside = {p for p in gone if known[p][0] == "file" and known[p][4] in ignored_inodes}
         result.deferred_deletes += len(moved_aside)
+        result.moved_aside += len(moved_aside)
         gone -= moved_aside
-        result.live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
+        result.live_files = live_files if live_files is not None else sum(
+            1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
         # A held deletion stays held, cycle after cycle, until it is confirmed or the files are back:
         # files added meanwhile must not dilute the share and release it by themselves.
-        held = set(json.loads(self.index.get_meta("held_deletes") or "[]")) & gone
+        was_held = set(json.loads(self.index.get_meta("held_deletes") or "[]"))
+        held = was_held & gone
+        if in_scope is not None:
+            held |= {p for p in was_held if not in_scope(p)}  # not looked at: still held
         if allow_deletes:
             held = set()
         else:
@@ -237,10 +300,10 @@ class Scanner:
             if fresh_files >= int(self.settings["mass_delete_min"]) and fresh_files > ratio * result.live_files:
                 held |= fresh
         self.index.set_meta("held_deletes", json.dumps(sorted(held)))
-        result.held_deletes = sum(1 for p in held if known[p][0] == "file")
+        result.held_deletes = sum(1 for p in held if (known[p][0] if p in known else self._kind(p)) == "file")
         now = time.monotonic()
         for p in list(self.missing_since):
-            if p not in gone:
+            if p not in gone and (in_scope is None or in_scope(p)):
                 del self.missing_since[p]  # back (an editor's save finished): no deletion
         for p in sorted(gone - held, reverse=True):
             if self.delete_delay and now - self.missing_since.setdefault(p, now) < self.delete_delay:
@@ -251,6 +314,173 @@ class Scanner:
             if entry is not None:
                 self._tombstone(entry)
                 result.deleted += 1
+
+    def _kind(self, rel: str) -> str:
+        entry = self.index.get(rel)
+        return entry.kind if entry else "file"
+
+    # -- the paths a watcher reported -------------------------------------------
+
+    def scan_paths(self, dirty: Mapping[str, bool], allow_deletes: bool = False) -> ScanResult:
+        """Scan only ``dirty``: store-relative paths a watcher reported, each with ``deep``.
+
+        A reported path that is a folder is walked whole when ``deep`` (created,
+        moved or deleted: what it holds raised no events of its own), otherwise
+        only noted as a folder. The folders on the way to a path are noted too.
+        A path gone from the disk takes along everything the index holds under
+        it. Then deletions are decided among the paths looked at only, by the
+        rules of a full scan: ignore patterns, editors' rename-aside, the delete
+        delay, and the mass-delete guard against the whole store.
+
+        Raises NeedFullScan for what only a full scan handles: a changed
+        ``.peersyncignore``, a name to normalise to NFC or not valid UTF-8.
+        """
+        result = ScanResult()
+        look = _Look()
+        result.scope = look.in_scope
+        live_files = self.index.count_live_files()
+        with self.index.tx():
+            for rel in sorted(dirty):  # a folder before what it holds
+                if self.stop():
+                    result.stopped = True
+                    return result
+                if rel and not look.in_scope(rel):  # not inside a folder already walked whole
+                    self._look_at(rel, dirty[rel], look, result)
+            known = self.index.stat_rows(look.exact, look.trees)
+            self._deletions(known, look.seen, look.skipped, allow_deletes, result, look.ignored_inodes,
+                            in_scope=look.in_scope, live_files=live_files)
+        return result
+
+    def _look_at(self, rel: str, deep: bool, look: _Look, result: ScanResult) -> None:
+        """Look at one reported path and the folders on the way to it."""
+        if rel == IGNORE_FILE:
+            raise NeedFullScan(f"{IGNORE_FILE} changed")
+        parts = rel.split("/")
+        folder, prefix = self.root, ""
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            here = prefix + name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NeedFullScan(f"{here!r} is not valid UTF-8") from None
+            if unicodedata.normalize("NFC", name) != name:
+                raise NeedFullScan(f"{here} is to be renamed to its NFC form")
+            path = folder / name
+            try:
+                st = os.stat(path, follow_symlinks=False)
+                if CASE_INSENSITIVE and name not in look.listing(folder):
+                    raise FileNotFoundError(here)  # only another letter case of it is there
+            except (FileNotFoundError, NotADirectoryError):
+                look.gone(here)  # and so is everything the index holds under it
+                return
+            except OSError as exc:
+                result.problems.append((here, f"the path cannot be read ({exc.strerror})", "check its permissions"))
+                look.skipped.append(here + "/")
+                look.exact.add(here)
+                look.seen.add(here)  # unreadable is not deleted
+                return
+            is_dir = statmod.S_ISDIR(st.st_mode)
+            if name.startswith(fsutil.TEMP_PREFIX):
+                if last:
+                    self._remove_stale_temp(path)
+                return
+            if self.ignore.ignored(here, is_dir):
+                if not is_dir:
+                    look.ignored_inodes.add(st.st_ino)
+                return
+            if statmod.S_ISLNK(st.st_mode):
+                look.gone(here)  # never followed: nothing is seen through it, as in a full scan
+                return
+            if not paths.is_valid(here):
+                result.problems.append((here, "this name cannot be synced to every system (reserved or "
+                                              "invalid on Windows, or too long)", "rename it"))
+                look.exact.add(here)
+                look.skipped.append(here + "/")
+                return
+            look.exact.add(here)
+            look.seen.add(here)
+            if is_dir:
+                self._note_dir(here)
+                if last and deep:
+                    look.trees.add(here)
+                    self._walk(path, here + "/", look, result)
+                folder, prefix = path, here + "/"
+                continue
+            if not last:  # a file stands where a folder of the path was: nothing is under it any more
+                look.gone(here)
+                look.seen.add(here)
+            if statmod.S_ISREG(st.st_mode):
+                self._look_at_file(here, path, st, result)
+            return
+
+    def _walk(self, top: Path, top_prefix: str, look: _Look, result: ScanResult) -> None:
+        """Walk a reported folder whole, by the rules of the full scan's walk."""
+        stack: list[tuple[Path, str]] = [(top, top_prefix)]
+        while stack:
+            folder, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError as exc:
+                look.skipped.append(prefix)
+                result.problems.append((prefix, f"the folder cannot be read ({exc.strerror})", "check its permissions"))
+                continue
+            for de in entries:
+                if self.stop():
+                    result.stopped = True
+                    return
+                name = de.name
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise NeedFullScan(f"{prefix}{name!r} is not valid UTF-8") from None
+                if unicodedata.normalize("NFC", name) != name:
+                    raise NeedFullScan(f"{prefix}{name} is to be renamed to its NFC form")
+                rel = prefix + name
+                path = folder / name
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue
+                is_dir = statmod.S_ISDIR(st.st_mode)
+                if name.startswith(fsutil.TEMP_PREFIX):
+                    self._remove_stale_temp(path)
+                    continue
+                if self.ignore.ignored(rel, is_dir):
+                    if not is_dir:
+                        look.ignored_inodes.add(st.st_ino)
+                    continue
+                if statmod.S_ISLNK(st.st_mode):
+                    continue
+                if not paths.is_valid(rel):
+                    result.problems.append((rel, "this name cannot be synced to every system (reserved or "
+                                                 "invalid on Windows, or too long)", "rename it"))
+                    if is_dir:
+                        look.skipped.append(rel + "/")
+                    continue
+                look.seen.add(rel)
+                if is_dir:
+                    self._note_dir(rel)
+                    stack.append((path, rel + "/"))
+                elif statmod.S_ISREG(st.st_mode):
+                    self._look_at_file(rel, path, st, result)
+
+    def _note_dir(self, rel: str) -> None:
+        entry = self.index.get(rel)
+        if entry is None or entry.deleted or entry.kind != "dir":
+            self._examine_dir(rel)
+
+    def _look_at_file(self, rel: str, path: Path, st: os.stat_result, result: ScanResult) -> None:
+        """A regular file a partial scan looks at: hashed unless its stat matches the index."""
+        result.files += 1
+        self.progress("scan", 1, 0)
+        old = self.index.get(rel)
+        mode_same = fsutil.IS_WINDOWS or (old is not None and old.mode == file_mode(st))
+        if (old is not None and old.kind == "file" and old.live and mode_same
+                and (old.size, old.mtime_ns, old.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)):
+            return
+        self._examine_file(rel, path, st, result)
+        self.progress("hash", 1, st.st_size)
 
     def _nfc_name(self, folder: Path, name: str, result: ScanResult) -> str | None:
         """The NFC form of a name on disk, renaming the file to it where that is safe."""
@@ -280,3 +510,31 @@ class Scanner:
                 path.unlink()
         except OSError:
             pass
+
+
+@dataclasses.dataclass
+class _Look:
+    """What a partial scan has looked at: paths, folders walked whole (or gone), and what it found."""
+
+    exact: set[str] = dataclasses.field(default_factory=set)
+    trees: set[str] = dataclasses.field(default_factory=set)
+    seen: set[str] = dataclasses.field(default_factory=set)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    ignored_inodes: set[int] = dataclasses.field(default_factory=set)
+    listings: dict[Path, set[str]] = dataclasses.field(default_factory=dict)
+
+    def listing(self, folder: Path) -> set[str]:
+        if folder not in self.listings:
+            self.listings[folder] = set(os.listdir(folder))
+        return self.listings[folder]
+
+    def gone(self, rel: str) -> None:
+        self.exact.add(rel)
+        self.trees.add(rel)
+
+    def in_scope(self, rel: str) -> bool:
+        rel = rel.rstrip("/")
+        if rel in self.exact:
+            return True
+        parts = rel.split("/")
+        return any("/".join(parts[:i]) in self.trees for i in range(1, len(parts)))

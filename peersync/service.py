@@ -3,8 +3,11 @@
 The loop wakes on filesystem events in a store (watchdog), on new files in
 the relay (watchdog where the cloud client raises events, a cheap listing
 poll where it does not), and on a periodic full rescan; a short debounce
-turns a burst of saves into one cycle. SIGINT/SIGTERM set a flag that is
-checked between atomic steps, so the loop ends after the current cycle.
+turns a burst of saves into one cycle. While a store's watch runs, a cycle
+scans only the paths it reported; the whole store is scanned at start, every
+``rescan_seconds``, and whenever events may have been lost. SIGINT/SIGTERM set a flag that the
+cycle checks between atomic steps (a file scanned, a bundle written, a record
+applied), so the loop ends after the current step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from .schedule import Schedule
 
 log = logging.getLogger("peersync")
 
+# A store whose watch is not running is watched again at most this often (seconds): setting up a
+# recursive watch walks the whole folder. Meanwhile every cycle scans the whole store.
+REWATCH_SECONDS = 60.0
+
 
 @dataclasses.dataclass
 class Watched:
@@ -47,27 +54,87 @@ class Watched:
     retry_at: float | None = None
     next_poll: float = 0.0
     relay_seen: tuple[Any, ...] = ()
+    # The paths the store's watcher reported since the last cycle, store-relative with '/':
+    # path -> walk it whole if it is a folder (one created, deleted or moved raises no events for
+    # what it holds). ``lost``: events were lost (the queue overflowed, too many paths), so the
+    # next scan is a full one.
+    changed: dict[str, bool] = dataclasses.field(default_factory=dict)
+    lost: bool = False
+    watch: Any = None  # the store folder's watch, once scheduled
+    watch_id: tuple[int, int] | None = None  # (device, inode) of the store folder the watch is on
+    rewatch_at: float = 0.0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def note(self, rel: str, deep: bool, max_paths: int) -> None:
+        """Remember a reported path (the caller holds ``lock``)."""
+        if self.lost:
+            return
+        self.changed[rel] = self.changed.get(rel, False) or deep
+        if len(self.changed) > max_paths:
+            self.lost, self.changed = True, {}
 
 
 class _Wake(FileSystemEventHandler):
-    def __init__(self, watched: Watched, event: threading.Event) -> None:
+    """Wakes the loop on any event; for a store folder, also notes which paths changed."""
+
+    def __init__(self, watched: Watched, event: threading.Event, max_paths: int = 0, store: bool = False) -> None:
         self.watched = watched
         self.event = event
         self.own = str(watched.own_dir) + os.sep
+        self.store = store
+        self.max_paths = max_paths
+        self.roots = sorted({str(watched.store_dir), os.path.realpath(watched.store_dir)})
+
+    def _rel(self, path: str) -> str | None:
+        """The store-relative path of an event's path; "" for the store folder; None if it is not in the store."""
+        for root in self.roots:
+            try:
+                rel = os.path.relpath(path, root)
+            except ValueError:  # another drive
+                continue
+            if rel == os.curdir:
+                return ""
+            if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+                return rel.replace(os.sep, "/")
+        return None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         path = str(event.src_path)
-        if os.path.basename(path).startswith(TEMP_PREFIX) or event.event_type in ("opened", "closed_no_write"):
-            return
+        kind = event.event_type
+        if os.path.basename(path).startswith(TEMP_PREFIX) or kind in ("opened", "closed_no_write"):
+            return  # peersync's own temporary files, renamed into place by an apply, are no news
         if path.startswith(self.own):
             return
         now = time.monotonic()
         w = self.watched
-        if not w.dirty:
-            w.first_event = now
-        w.last_event = now
-        w.dirty = True
+        with w.lock:
+            if self.store and not (event.is_directory and kind == "modified"):  # a folder's content raises its own
+                deep = event.is_directory and kind in ("created", "deleted", "moved")
+                for p in (path, str(event.dest_path)) if kind == "moved" else (path,):
+                    rel = self._rel(p)
+                    if rel is None:
+                        w.lost = True  # a path it cannot place: the next scan is a full one
+                    elif rel:
+                        w.note(rel, deep, self.max_paths)
+            if not w.dirty:
+                w.first_event = now
+            w.last_event = now
+            w.dirty = True
         self.event.set()
+
+
+class _Lost(logging.Handler):
+    """Watchdog logs a warning when the kernel dropped events: every store's next scan is then a full one."""
+
+    def __init__(self, watched: list[Watched]) -> None:
+        super().__init__(logging.WARNING)
+        self.watched = watched
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            for w in self.watched:
+                with w.lock:
+                    w.lost = True
 
 
 def relay_fingerprint(relay_dir: Path, own_dir: Path) -> tuple[Any, ...]:
@@ -110,29 +177,82 @@ def _due(w: Watched, now: float, settings: dict[str, Any]) -> tuple[bool, bool]:
     return False, False
 
 
+def _folder_id(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _Watcher:
+    """The watchdog observer, and whether each store's watch can be trusted to report every change."""
+
+    def __init__(self, watched: list[Watched], wake: threading.Event, max_paths: int) -> None:
+        self.observer = Observer()
+        self.wake = wake
+        self.max_paths = max_paths
+        for w in watched:
+            if not w.schedule.continuous:
+                continue
+            self.watch_store(w)
+            w.rewatch_at = time.monotonic() + REWATCH_SECONDS
+            try:
+                if w.relay_dir.is_dir():
+                    self.observer.schedule(_Wake(w, wake), str(w.relay_dir), recursive=True)
+            except OSError as exc:
+                log.warning("cannot watch %s (%s); polling instead", w.relay_dir, exc)
+
+    def watch_store(self, w: Watched) -> None:
+        """(Re)start watching a store folder: at start, and when it came back (remounted, moved back)."""
+        if w.watch is not None:
+            try:
+                self.observer.unschedule(w.watch)
+            except (KeyError, OSError):
+                pass
+            w.watch = None
+        with w.lock:
+            w.lost = True  # what happened while it was not watched is found by a full scan
+        w.watch_id = _folder_id(w.store_dir)
+        if w.watch_id is None:
+            return
+        try:
+            w.watch = self.observer.schedule(_Wake(w, self.wake, self.max_paths, store=True), str(w.store_dir),
+                                             recursive=True)
+        except OSError as exc:
+            log.warning("cannot watch %s (%s); it is scanned whole every cycle", w.store_dir, exc)
+            w.watch = None
+
+    def trusted(self, w: Watched) -> bool:
+        """True while the store's watch runs on the folder it was set on."""
+        if w.watch is None or not self.observer.is_alive():
+            return False
+        if not any(e.watch == w.watch and e.is_alive() for e in list(self.observer.emitters)):
+            return False
+        return _folder_id(w.store_dir) == w.watch_id
+
+
 def run_loop(
     watched: list[Watched],
-    cycle: Callable[[Watched, bool], float | None],
+    cycle: Callable[[Watched, dict[str, bool] | None], float | None],
     settings: dict[str, Any],
     stop: threading.Event,
 ) -> None:
-    """Call ``cycle(store, full_rescan)`` whenever a store is due, until ``stop`` is set.
+    """Call ``cycle(store, paths)`` whenever a store is due, until ``stop`` is set.
 
-    ``cycle`` returns the seconds after which it wants to run again
-    (deletions held back, files still being written) or None.
+    ``paths`` are the store-relative paths the watcher reported since the
+    last cycle (path -> walk it whole if a folder), or None when the whole
+    store must be scanned: at start, every ``rescan_seconds``, after events
+    were lost (``watch_max_paths`` exceeded, the kernel's queue overflowed),
+    and whenever the store's watch is not running. ``cycle`` returns the
+    seconds after which it wants to run again (deletions held back, files
+    still being written) or None.
     """
     wake = threading.Event()
-    observer = Observer()
-    for w in watched:
-        if not w.schedule.continuous:
-            continue
-        for folder in (w.store_dir, w.relay_dir):
-            try:
-                if folder.is_dir():
-                    observer.schedule(_Wake(w, wake), str(folder), recursive=True)
-            except OSError as exc:
-                log.warning("cannot watch %s (%s); polling instead", folder, exc)
-    observer.start()
+    watcher = _Watcher(watched, wake, int(settings["watch_max_paths"]))
+    lost = _Lost(watched)
+    logging.getLogger("watchdog").addHandler(lost)
+    watcher.observer.start()
     try:
         while not stop.is_set():
             for w in watched:
@@ -140,17 +260,24 @@ def run_loop(
                     break
                 now = time.monotonic()
                 if w.schedule.continuous:
+                    if now >= w.rewatch_at and not watcher.trusted(w) and _folder_id(w.store_dir) is not None:
+                        w.rewatch_at = now + REWATCH_SECONDS
+                        watcher.watch_store(w)  # the folder is back (remounted, moved back), or the watch died
                     due, full = _due(w, now, settings)
                 else:
                     nxt = w.schedule.next_due(datetime.datetime.fromtimestamp(w.last_sync))
                     due, full = nxt is not None and datetime.datetime.now() >= nxt, True
                 if not due:
                     continue
-                w.dirty = False
+                with w.lock:
+                    changed, w.changed = w.changed, {}
+                    lost_events, w.lost = w.lost, False
+                    w.dirty = False
+                partial = w.schedule.continuous and not full and not lost_events and watcher.trusted(w)
                 w.retry_at = None
-                again = cycle(w, full)
+                again = cycle(w, changed if partial else None)
                 w.last_sync = time.time()
-                if full:
+                if not partial:
                     w.last_full = now
                 if again is not None:
                     w.retry_at = time.monotonic() + again
@@ -158,16 +285,47 @@ def run_loop(
             wake.wait(timeout=0.1)
             wake.clear()
     finally:
-        observer.stop()
-        observer.join(timeout=5)
+        logging.getLogger("watchdog").removeHandler(lost)
+        watcher.observer.stop()
+        watcher.observer.join(timeout=5)
+
+
+class StopOnSignals:
+    """While active, SIGINT and SIGTERM (CTRL_BREAK on Windows) set ``stop``: the work ends after its current step.
+
+    With ``interrupt_twice``, a second SIGINT while stopping raises KeyboardInterrupt at once, for
+    a user at a terminal who will not wait. ``signum`` is the first signal received. Signal
+    handlers belong to the main thread: elsewhere nothing is installed.
+    """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+    def __init__(self, stop: threading.Event, interrupt_twice: bool = False) -> None:
+        self.stop = stop
+        self.interrupt_twice = interrupt_twice
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.interrupt_twice and self.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+        log.info("signal %s: stopping after the current step", signum)
+        self.stop.set()
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, frame: object) -> None:
-        log.info("signal %s: stopping after the current step", signum)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    if hasattr(signal, "SIGBREAK"):  # CTRL_BREAK on Windows
-        signal.signal(signal.SIGBREAK, handler)
+    """For the life of the process: SIGINT/SIGTERM (CTRL_BREAK) set ``stop``."""
+    StopOnSignals(stop).__enter__()

@@ -51,8 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # A peer silent for longer than this no longer holds back the removal of bundles it has
     # not applied; when it comes back it catches up from a snapshot (30 days).
     "silent_peer_seconds": 30 * 24 * 3600,
-    # Seconds between full rescans while `peersync run` watches a store.
+    # Seconds between full rescans while `peersync run` watches a store (watchers miss
+    # events: a change made through a hard link, on a network share, while the queue overflowed).
     "rescan_seconds": 3600,
+    # While `peersync run` watches a store, a cycle scans only the paths the watcher
+    # reported; when more paths than this changed at once, it scans the whole store.
+    "watch_max_paths": 10000,
     # Seconds a burst of file events is collected before a sync cycle.
     "debounce_seconds": 0.2,
     # Seconds between relay polls while `peersync run` waits.

@@ -156,3 +156,17 @@ def test_config_refuses_an_unknown_setting_even_without_a_value(peers):
     alice, _bob = peers
     result = alice.cli("config", "no_such_setting")
     assert result.code == 2 and result.err.count("\n") == 1
+
+
+def test_a_scan_error_counts_its_failed_cycles_and_keeps_when_it_started(peers):
+    """`peersync errors` says since when and for how many cycles an item has failed, scan errors included."""
+    alice, _bob = peers
+    alice.write("CON.txt", "a name Windows reserves")
+    for _ in range(3):
+        alice.sync(check=1)
+    errors = json.loads(alice.cli("status", "--json", check=0).out)["stores"][0]["errors"]
+    assert [(e["subject"], e["cycles"]) for e in errors] == [("CON.txt", 3)], errors
+    assert "failed 3 cycles" in alice.cli("errors", check=0).out
+    (alice.store / "CON.txt").rename(alice.store / "CON-renamed.txt")
+    alice.sync()
+    assert "no errors" in alice.cli("errors", check=0).out
