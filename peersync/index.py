@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS partials(
     author TEXT PRIMARY KEY, meta TEXT NOT NULL, staged TEXT NOT NULL, written INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending(
     path TEXT PRIMARY KEY, meta TEXT NOT NULL, staged TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+    reason TEXT NOT NULL DEFAULT '', first_seen REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    seen_cycle INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS intents(path TEXT PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS siblings(path TEXT NOT NULL, vector TEXT NOT NULL, entry TEXT NOT NULL,
     PRIMARY KEY(path, vector));
@@ -127,10 +128,17 @@ class Index:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._migrate()
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
         self._in_tx = False
         self._sibling_cache: set[str] | None = None
+
+    def _migrate(self) -> None:
+        """Columns added since the first release (CREATE TABLE IF NOT EXISTS does not add them)."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(pending)")}
+        if "seen_cycle" not in columns:
+            self.db.execute("ALTER TABLE pending ADD COLUMN seen_cycle INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -243,11 +251,21 @@ class Index:
     # -- pending remote operations -------------------------------------------
 
     def add_pending(self, path: str, meta: dict[str, Any], staged: str, reason: str) -> None:
-        row = self.db.execute("SELECT first_seen, attempts FROM pending WHERE path=?", (path,)).fetchone()
-        first, attempts = (row[0], row[1] + 1) if row else (time.time(), 1)
+        """Keep an operation for later. ``attempts`` counts the cycles in which it failed for this same
+        reason (another reason starts the count again), which is what the three-strikes rule counts."""
+        cycle = self.meta_int("cycle")
+        row = self.db.execute("SELECT first_seen, attempts, reason, seen_cycle FROM pending WHERE path=?",
+                              (path,)).fetchone()
+        if row is None:
+            first, attempts = time.time(), 1
+        elif row[2] != reason:
+            first, attempts = row[0], 1
+        else:
+            first, attempts = row[0], row[1] + (row[3] != cycle)
         self.db.execute(
-            "INSERT OR REPLACE INTO pending(path, meta, staged, reason, first_seen, attempts) VALUES(?,?,?,?,?,?)",
-            (path, json.dumps(meta), staged, reason, first, attempts),
+            "INSERT OR REPLACE INTO pending(path, meta, staged, reason, first_seen, attempts, seen_cycle)"
+            " VALUES(?,?,?,?,?,?,?)",
+            (path, json.dumps(meta), staged, reason, first, attempts, cycle),
         )
 
     def pending(self) -> list[tuple[str, dict[str, Any], str, str, float, int]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from conftest import Peer, tree
 from test_service import hold, services, wait_until  # noqa: F401  (fixtures)
 
@@ -147,9 +146,6 @@ def test_staged_content_that_keeps_failing_its_hash_is_dropped_and_fetched_again
     assert tree(alice.store) == tree(bob.store)
 
 
-@pytest.mark.xfail(strict=True, reason="Applier.retry_pending counts every failed attempt of the item (the held "
-                                       "file's too, and two in the cycle it is first kept), not three cycles of "
-                                       "damaged content; apply.py is being changed elsewhere, so it is left as is")
 def test_damaged_content_is_tried_three_cycles_before_it_is_fetched_again(make_peers, hold):  # noqa: F811
     """The correction says the content "did not match its hash three times": it should have."""
     alice, bob = make_peers(2)
