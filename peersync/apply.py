@@ -34,7 +34,7 @@ from typing import Any
 from . import fsutil, paths
 from . import vector as vv
 from .bundle import Record
-from .conflict import conflict_name, winner
+from .conflict import conflict_copy_target, winner
 from .errors import BadBundle, PathError
 from .ignore import Ignore
 from .index import Entry, Index
@@ -628,17 +628,11 @@ class Applier:
 
     def _conflict_copy(self, local: Entry, target: Path) -> Entry:
         """Link the local (losing) content to its conflict name; return its new index row."""
-        n = 0
-        while True:
-            rel = conflict_name(local.path, local.mtime_ns, local.modified_by or self.peer, n)
-            dest = paths.join(self.root, rel)
-            if not dest.exists():
-                fsutil.link_or_copy(target, dest)
-                break
-            digest, _ = fsutil.hash_file(dest)
-            if digest == local.hash:
-                break
-            n += 1
+        rel, there = conflict_copy_target(self.root, local.path, local.mtime_ns, local.modified_by or self.peer,
+                                          local.hash)
+        dest = paths.join(self.root, rel)
+        if not there:
+            fsutil.link_or_copy(target, dest)
         st = os.stat(dest)
         clock = self.index.next_clock()
         return Entry(rel, "file", False, local.hash, local.size, st.st_mtime_ns, local.mode, st.st_ino,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime
 import re
+from pathlib import Path
 
+from . import fsutil, paths
 from . import vector as vv
 from .index import Entry
 
@@ -50,6 +52,20 @@ def conflict_name(path: str, mtime_ns: int, peer: str, n: int = 0) -> str:
         stem = stem[:-1]
     new = f"{stem.rstrip(' .')}{suffix}{dot}{ext}"
     return f"{folder}/{new}" if folder else new
+
+
+def conflict_copy_target(root: Path, path: str, mtime_ns: int, peer: str, digest: str) -> tuple[str, bool]:
+    """Where the losing version (content ``digest``) of ``path`` is kept: the first conflict name that is
+    free or already holds that content; and whether it already does (another peer's copy of it)."""
+    n = 0
+    while True:
+        rel = conflict_name(path, mtime_ns, peer, n)
+        dest = paths.join(root, rel)
+        if not dest.exists():
+            return rel, False
+        if fsutil.hash_file(dest)[0] == digest:
+            return rel, True
+        n += 1
 
 
 def is_conflict_copy(path: str) -> bool:

@@ -10,18 +10,19 @@ import base64
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from . import bundle, crypto, paths
+from . import bundle, crypto, fsutil, paths
 from . import vector as vv
 from .apply import Applier, check_record, version_meta
 from .bundle import Record
 from .compact import Compactor
-from .conflict import is_conflict_copy
+from .conflict import conflict_copy_target, is_conflict_copy
 from .errors import (
     BadBundle,
     CryptoError,
@@ -306,10 +307,11 @@ class Engine:
     def reset(self, rel: str | None) -> None:
         """Clear half-synced state of ``rel`` (or everything) so the next cycle redoes it from the disk.
 
-        A remote version that could not be applied is set aside in the versions
-        archive, and the file on disk is sent again with a version that includes
-        the set-aside one, so every peer ends with what this disk holds and
-        nothing is lost.
+        The file on disk is sent again with a version that supersedes the remote
+        one that could not be applied, so every peer ends with what this disk
+        holds. The remote version is not hidden: if its content is here, it is
+        written beside the file as a conflict copy, which the next cycle sends
+        like any new file.
         """
         index = self.index
 
@@ -321,8 +323,7 @@ class Engine:
                 if not hit(path):
                     continue
                 if staged and Path(staged).exists() and meta.get("op") == "put":
-                    self.archive.keep(Path(staged), path, meta["hash"], meta["size"], meta["mtime_ns"],
-                                      "reset: remote version set aside")
+                    self._set_aside_as_conflict_copy(path, meta, Path(staged))
                 local = index.get(path)
                 if local is not None:
                     clock = index.next_clock()
@@ -343,6 +344,24 @@ class Engine:
                 if rel is None or hit(e["subject"]) or e["key"] in (f"apply:{rel}", f"scan:{rel}"):
                     index.clear_error(e["key"])
             index.forget_stat(rel)
+
+    def _set_aside_as_conflict_copy(self, path: str, meta: dict[str, Any], staged: Path) -> None:
+        """Write a remote version that reset set aside beside its file, if its content is what it claims."""
+        if fsutil.hash_file(staged)[0] != meta["hash"]:
+            return  # damaged content is no version of anything: nothing to keep
+        rel, there = conflict_copy_target(self.cfg.root, path, meta["mtime_ns"], meta["by"], meta["hash"])
+        if there or not paths.inside_without_links(self.cfg.root, rel):
+            return
+        dest = paths.join(self.cfg.root, rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = fsutil.temp_name(dest)
+        try:
+            fsutil.copy_durable(staged, tmp)
+            os.utime(tmp, ns=(meta["mtime_ns"], meta["mtime_ns"]))
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsutil.fsync_dir(dest.parent)
 
     def scan_only(self) -> CycleReport:
         """Record local changes in the queue without sending anything (for `peersync queue`)."""

@@ -144,12 +144,15 @@ def test_reset_clears_a_stuck_item_and_loses_nothing(peers, hold):  # noqa: F811
     assert r.code == 0
     assert validate_status(bob)["stores"][0]["errors"] == []
 
-    # Nothing is lost: Alice keeps her edits, and Bob has each one either in place or set aside.
-    assert alice.read("held/a.txt") == new_a and alice.read("held/b.txt") == new_b
+    # Bob's disk wins everywhere, and Alice's edits are not hidden away: each is a conflict copy beside its
+    # file, on both laptops.
+    alice.sync()
+    assert tree(alice.store) == tree(bob.store)
     for rel, new in (("held/a.txt", new_a), ("held/b.txt", new_b)):
-        versions = bob.cli("versions", str(bob.store / rel), check=0).out
-        assert bob.read(rel) == new or sha(new)[:12] in versions, \
-            f"alice's {rel} is neither on bob's disk nor in his versions:\n{versions}"
+        assert alice.read(rel) == bob.read(rel) != new
+        copies = [p for p, data in tree(bob.store).items()
+                  if p.startswith(rel[:-4] + ".sync-conflict-") and data == new]
+        assert len(copies) == 1, f"alice's {rel} is not beside it as a conflict copy: {sorted(tree(bob.store))}"
 
 
 # -- self-correction after three failing cycles ------------------------------------------------
