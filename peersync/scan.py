@@ -148,62 +148,80 @@ class Scanner:
         # Inodes living on under ignored names: an editor saving renames the original to a
         # temporary name ("Quote.docx" -> "~WRL0001.tmp") for a moment. That is no deletion.
         ignored_inodes: set[int] = set()
-        stack: list[tuple[Path, str]] = [(self.root, "")]
+        # This loop is the whole cost of a scan that finds nothing, so it runs on plain strings,
+        # one lstat per entry, and validates each distinct name once: a path is valid when its
+        # folder is, its last name is, and it is not too long (paths.validate checks no more).
+        ignored = self.ignore.ignored
+        valid_names: dict[str, bool] = {}
+        any_mode = fsutil.IS_WINDOWS  # Windows has no exec bit: the index's mode stands
+        stack: list[tuple[str, str]] = [(os.fspath(self.root), "")]
         with self.index.tx():
             while stack:
                 folder, prefix = stack.pop()
                 try:
-                    entries = list(os.scandir(folder))
+                    with os.scandir(folder) as listing:
+                        entries = list(listing)
                 except OSError as exc:
                     skipped_dirs.append(prefix)
                     result.problems.append((prefix or ".", f"the folder cannot be read ({exc.strerror})",
                                             "check its permissions"))
                     continue
+                counted = 0  # files found here and not yet reported to progress
                 for de in entries:
-                    name = self._nfc_name(folder, de.name, result)
-                    if name is None:
-                        continue
+                    name = de.name
+                    path = de.path
+                    if not name.isascii():  # ASCII names are valid UTF-8 and NFC already
+                        nfc = self._nfc_name(Path(folder), name, result)
+                        if nfc is None:
+                            continue
+                        if nfc != name:  # renamed to NFC just now: not de.path any more
+                            name, path = nfc, os.path.join(folder, nfc)
                     rel = prefix + name
-                    path = folder / name  # not de.path: the entry may just have been renamed to NFC
                     try:
-                        st = os.stat(path, follow_symlinks=False)
+                        st = os.lstat(path)
                     except OSError:
                         continue  # gone while we looked
-                    is_link = statmod.S_ISLNK(st.st_mode)
-                    is_dir = statmod.S_ISDIR(st.st_mode)
+                    kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
+                    is_dir = kind == statmod.S_IFDIR
                     if name.startswith(fsutil.TEMP_PREFIX):
-                        self._remove_stale_temp(path)
+                        self._remove_stale_temp(Path(path))
                         continue
-                    if self.ignore.ignored(rel, is_dir):
+                    if ignored(rel, is_dir):
                         if not is_dir:
                             ignored_inodes.add(st.st_ino)
                         continue
-                    if is_link:
+                    if kind == statmod.S_IFLNK:
                         continue  # symlinks are never followed nor synced
-                    if not paths.is_valid(rel):
+                    valid = valid_names.get(name)
+                    if valid is None:
+                        valid = valid_names[name] = paths.is_valid(name)
+                    if not valid or len(rel) > paths.MAX_PATH_CHARS:
                         result.problems.append((rel, "this name cannot be synced to every system (reserved or "
                                                      "invalid on Windows, or too long)", "rename it"))
                         if is_dir:
                             skipped_dirs.append(rel + "/")
                         continue
                     seen.add(rel)
+                    old = known.get(rel)
                     if is_dir:
-                        old = known.get(rel)
                         if old is None or old[1] or old[0] != "dir":
                             self._examine_dir(rel)
                         stack.append((path, rel + "/"))
                         continue
-                    if not statmod.S_ISREG(st.st_mode):
+                    if kind != statmod.S_IFREG:
                         continue  # sockets, fifos, devices
                     result.files += 1
-                    self.progress("scan", 1, 0)
-                    old = known.get(rel)
-                    mode_same = fsutil.IS_WINDOWS or (old is not None and old[5] == file_mode(st))
-                    if (old is not None and old[0] == "file" and not old[1] and mode_same
-                            and (old[2], old[3], old[4]) == (st.st_size, st.st_mtime_ns, st.st_ino)):
+                    counted += 1
+                    if (old is not None and old[0] == "file" and not old[1] and old[2] == st.st_size
+                            and old[3] == st.st_mtime_ns and old[4] == st.st_ino
+                            and (any_mode or old[5] == file_mode(st))):
                         continue
-                    self._examine_file(rel, path, st, result)
+                    self.progress("scan", counted, 0)
+                    counted = 0
+                    self._examine_file(rel, Path(path), st, result)
                     self.progress("hash", 1, st.st_size)
+                if counted:
+                    self.progress("scan", counted, 0)
             self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
         return result
 
