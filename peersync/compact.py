@@ -217,8 +217,9 @@ class Compactor:
                         pile += path.stat().st_size
                     except OSError:
                         pass
-        threshold = max(int(self.e.settings["snapshot_min_bytes"]), int(self._store_bytes() * 0.1))
-        return pile >= threshold
+        if pile < int(self.e.settings["snapshot_min_bytes"]):
+            return False  # the usual answer, without summing every file's size
+        return pile >= int(self._store_bytes() * 0.1)
 
     def _store_bytes(self) -> int:
         row = self.e.index.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted=0").fetchone()

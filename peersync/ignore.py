@@ -103,6 +103,10 @@ class Ignore:
         self._any = any_match_regex([self._builtin, self._user], [EXCEL_TEMP_ANYWHERE])
         # pathspec turns these separators into '/' before matching; the shortcut must too.
         self._seps = [s for s in (os.sep, os.altsep) if s and s != "/"]
+        # For a caller that makes many checks (a scan): if this regex does not match a path as a
+        # folder listing yields it (a folder's path + "/" + one name, "/" after a folder), then
+        # ``ignored`` is False for it. None when there is no shortcut: always ask ``ignored``.
+        self.shortcut = self._any
 
     @staticmethod
     def _file_lines(root: Path) -> list[str]:
