@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -366,33 +367,54 @@ class Engine:
         batch: list[Record] = []
         batch_size = 0
         batch_top = 0
+        # Sealing a bundle (zstd, ChaCha20, SHA-256: C code that releases the GIL) runs on a second
+        # thread while this one reads and hashes the next batch and writes the previous bundle.
+        # Bundles are still written in order and recorded in the index by this thread only.
+        sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
+        sealing: tuple[Future[bytes], int, int, int] | None = None  # (sealed bytes, seq, top, ops)
+        flushed = False
 
-        def flush() -> None:
-            nonlocal seq, batch, batch_size
-            seq += 1
-            data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=self.epoch, seq=seq,
-                               key=self.seal_key, signer=self.ident.key)
-            self.relay.write_bundle(self.ident.peer_id, seq, data)
+        def land() -> None:
+            nonlocal sealing
+            if sealing is None:
+                return
+            job, landed_seq, top, ops = sealing
+            sealing = None
+            data = job.result()
+            self.relay.write_bundle(self.ident.peer_id, landed_seq, data)
             self.progress("publish", 1, len(data))
             with self.index.tx():
-                self.index.set_meta("last_bundle_seq", seq)
-                if batch_top:
-                    self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
+                self.index.set_meta("last_bundle_seq", landed_seq)
+                if top:
+                    self.index.set_meta("published_seq", max(top, self.index.meta_int("published_seq")))
             report.bundles_written += 1
-            report.published_ops += sum(1 for r in batch if r.meta["op"] != "part")
+            report.published_ops += ops
+
+        def flush() -> None:
+            nonlocal seq, batch, batch_size, sealing, flushed
+            seq += 1
+            flushed = True
+            job = sealer.submit(bundle.seal, batch, store_id=self.cfg.id, author=self.ident.peer_id,
+                                epoch=self.epoch, seq=seq, key=self.seal_key, signer=self.ident.key)
+            land()
+            sealing = (job, seq, batch_top, sum(1 for r in batch if r.meta["op"] != "part"))
             batch, batch_size = [], 0
 
-        for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
-            for rec in self._records(entry, scanner, gone_hashes if top else {}):
-                self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
-                if batch and batch_size + rec.encoded_size > max_bytes:
-                    flush()
-                batch.append(rec)
-                batch_size += rec.encoded_size
-            batch_top = max(batch_top, top)
-        if batch:
-            flush()
-        elif batch_top:
+        try:
+            for entry, top in [(e, e.local_seq) for e in outgoing] + [(e, 0) for e in wanted]:
+                for rec in self._records(entry, scanner, gone_hashes if top else {}):
+                    self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
+                    if batch and batch_size + rec.encoded_size > max_bytes:
+                        flush()
+                    batch.append(rec)
+                    batch_size += rec.encoded_size
+                batch_top = max(batch_top, top)
+            if batch:
+                flush()
+            land()
+        finally:
+            sealer.shutdown(wait=True, cancel_futures=True)
+        if batch_top and not flushed:  # nothing to send after all (e.g. every file vanished meanwhile)
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
