@@ -149,3 +149,44 @@ def test_scan_skips_links_and_removes_stale_temp_files(tmp_path: Path) -> None:
     assert index.get("link.txt") is None and index.get("outside") is None
     assert not (root / ".peersync-tmp-abc-f.txt").exists()
     assert index.get("\u00e9.txt") is not None and (root / "\u00e9.txt").exists()  # renamed to NFC
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="needs O_NOFOLLOW")
+def test_a_folder_swapped_for_a_link_while_scanning_is_not_listed(tmp_path: Path, monkeypatch) -> None:
+    """Between the stat that saw a folder and its listing, the folder is replaced by a link to a
+    folder outside the store: the scan must not list (and later publish) what is behind the link."""
+    root = tmp_path / "store"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "mine.txt").write_text("mine")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not the store's")
+    target = os.fspath(root / "sub")
+    swapped = []
+
+    def swap(path: object) -> None:
+        if not swapped and os.fspath(path) == target:  # type: ignore[arg-type]
+            os.rename(target, tmp_path / "moved-away")
+            os.symlink(outside, target)
+            swapped.append(True)
+
+    real_open, real_scandir = os.open, os.scandir
+
+    def opening(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        swap(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def listing(path=".") -> object:  # type: ignore[no-untyped-def]
+        if not isinstance(path, int):
+            swap(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "scandir", listing)
+    monkeypatch.setattr(os, "supports_fd", os.supports_fd | {listing})  # listing by folder fd stays possible
+    index = Index(tmp_path / "index.db")
+    result = Scanner(root, index, Ignore(root), PEER, SETTINGS).scan()
+    monkeypatch.undo()
+    assert swapped
+    assert index.get("sub/secret.txt") is None
+    assert [p for p, _m, _h in result.problems] == ["sub/"]
