@@ -32,6 +32,9 @@ from .common import (
 
 MiB, GiB = 1024**2, 1024**3
 HERE = Path(__file__).resolve().parent
+# PROFILES.md below this line is written by hand (what the profiles mean, designs); --profile keeps it.
+NOTES_MARKER = "<!-- Notes written by hand below this line: `--profile` keeps them. -->"
+KEPT_NOTE = "*(Kept from an earlier `--profile` run: this workload was not profiled in the latest one.)*"
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -154,6 +157,12 @@ def main(scratch: Scratch, quick: bool, ran: list[str], out_md: Path) -> int:
         step(f"w5-ingest-publish-A-{total // MiB}MiB-mixed", ps.ha)
         rmtree(base)
 
+    # Sections of workloads not profiled in this run, and the notes below NOTES_MARKER, are kept.
+    previous = out_md.read_text() if out_md.exists() else ""
+    notes = previous[previous.index(NOTES_MARKER):] if NOTES_MARKER in previous else NOTES_MARKER + "\n"
+    fresh = {name for name, _raw, _secs in steps}
+    kept = [chunk for chunk in re.split(r"(?m)^(?=## )", previous.split(NOTES_MARKER)[0])[1:]
+            if chunk[3:].split(" (", 1)[0] not in fresh]
     lines = ["# peersync profiles", "",
              f"py-spy {run([pyspy(), '--version'], measure_rss=False).out.strip()}, `record --idle` (wall clock: "
              "time blocked in fsync or I/O counts), 100 samples/s, "
@@ -169,6 +178,11 @@ def main(scratch: Scratch, quick: bool, ran: list[str], out_md: Path) -> int:
             b = incl[i] if i < len(incl) else ("", 0.0)
             lines.append(f"| {a[1]:.1f} | `{a[0]}` | | {b[1]:.1f} | `{b[0]}` |")
         lines.append("")
-    out_md.write_text("\n".join(lines) + "\n")
+    for chunk in kept:
+        if KEPT_NOTE not in chunk:
+            head, _, rest = chunk.partition("\n")
+            chunk = f"{head}\n\n{KEPT_NOTE}\n{rest}"
+        lines.append(chunk.rstrip("\n") + "\n")
+    out_md.write_text("\n".join(lines) + "\n" + notes)
     log(f"wrote {out_md}")
     return 0

@@ -3,8 +3,10 @@
     header (96 bytes) | ciphertext | signature (64 bytes)
 
 The payload (a sequence of records) is zstd-compressed, then sealed with the
-store key (ChaCha20-Poly1305, the header as associated data), then the header
-and ciphertext are signed with the author's Ed25519 key. A reader checks, in
+store key (ChaCha20-Poly1305, the header as associated data), then the author
+signs (Ed25519) the SHA-256 of header and ciphertext under a fixed context
+(format version 2; version 1 signed the whole of header and ciphertext, which
+costs two SHA-512 passes over 8 MiB per bundle, and is still read). A reader checks, in
 this order: magic and version, store, author, sequence, declared sizes
 against the hard caps, the file's size, the signature, the decryption, and a
 bounded decompression that must produce exactly the declared size.
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import io
 import json
+import os
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +34,11 @@ MAGIC = b"PSYB"
 FLAG_BUNDLE = 0
 FLAG_SNAPSHOT_PART = 1
 FLAG_SNAPSHOT_MANIFEST = 2
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this implementation writes
+READ_VERSIONS = (1, 2)  # what it reads: version 1 differs only in what the signature covers
+# Version 2 signs this context followed by SHA-256(header || ciphertext). No version-1 message
+# starts with it (they start with the magic), nor does any other signed object of the format.
+SIGNATURE_CONTEXT = b"peersync bundle signature v2\0"
 HEADER = struct.Struct("<4sHH16s16sIQQQ12s16s")
 HEADER_SIZE = HEADER.size  # 96
 SIGNATURE_SIZE = crypto.SIGNATURE_BYTES
@@ -41,6 +49,17 @@ MAX_META = 64 * 1024
 RECORD_META = struct.Struct("<I")
 RECORD_DATA = struct.Struct("<Q")
 ZSTD_LEVEL = 3
+# zstd compresses a large payload in jobs of this size on every core (its own threads, outside
+# the GIL): a bundle of text compresses ~1.4x faster on two cores. The output is one ordinary
+# zstd frame, whatever the number of threads.
+ZSTD_JOB_BYTES = 4 * 1024 * 1024
+ZSTD_THREADS = -1 if (os.cpu_count() or 1) > 1 else 0
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=ZSTD_THREADS,
+                                                            job_size=ZSTD_JOB_BYTES)
+    return zstandard.ZstdCompressor(compression_params=params)
 
 
 def id_to_bytes(ident: str) -> bytes:
@@ -65,11 +84,12 @@ class Header:
     ciphertext_size: int
     nonce: bytes
     flags: int = 0
+    version: int = FORMAT_VERSION
 
     def pack(self) -> bytes:
         return HEADER.pack(
             MAGIC,
-            FORMAT_VERSION,
+            self.version,
             self.flags,
             id_to_bytes(self.store_id),
             id_to_bytes(self.author),
@@ -94,11 +114,20 @@ class Header:
         )
         if magic != MAGIC:
             raise BadBundle("not a peersync bundle (bad magic)")
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise BadBundle(f"bundle format version {version} is not supported", "upgrade peersync")
         if psize > MAX_PAYLOAD or csize > MAX_CIPHERTEXT:
             raise BadBundle(f"bundle declares {psize} bytes, more than the {MAX_PAYLOAD} allowed")
-        return cls(id_from_bytes(store), id_from_bytes(author), epoch, seq, psize, csize, nonce, flags)
+        return cls(id_from_bytes(store), id_from_bytes(author), epoch, seq, psize, csize, nonce, flags, version)
+
+
+def signed_message(head: bytes, ciphertext: bytes) -> bytes:
+    """What the author's signature covers, by the header's format version (docs/bundle-format.md 5.3)."""
+    if head[4:6] == b"\x01\x00":  # version 1: the whole of header and ciphertext
+        return head + ciphertext
+    digest = hashlib.sha256(head)
+    digest.update(ciphertext)
+    return SIGNATURE_CONTEXT + digest.digest()
 
 
 # -- records ------------------------------------------------------------------
@@ -125,7 +154,11 @@ class Record:
 
 
 def encode_payload(records: list[Record]) -> bytes:
-    return b"".join(r.encode() for r in records)
+    pieces: list[bytes] = []
+    for r in records:  # one join, so a record's content is copied once, not twice
+        meta = r._meta_bytes()
+        pieces += (RECORD_META.pack(len(meta)), meta, RECORD_DATA.pack(len(r.data)), r.data)
+    return b"".join(pieces)
 
 
 def decode_payload(payload: bytes) -> list[Record]:
@@ -172,13 +205,13 @@ def seal(
     payload = encode_payload(records)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("bundle payload exceeds the format's cap")
-    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(payload)
+    compressed = _compressor().compress(payload)
     nonce = crypto.random_bytes(crypto.NONCE_BYTES)
     header = Header(store_id, author, epoch, seq, len(payload), len(compressed) + crypto.TAG_BYTES, nonce, flags)
     head = header.pack()
     ciphertext = crypto.seal(key, nonce, compressed, head)
-    signature = signer.sign(head + ciphertext)
-    return head + ciphertext + signature
+    signature = signer.sign(signed_message(head, ciphertext))
+    return b"".join((head, ciphertext, signature))
 
 
 def read_header(raw: bytes) -> Header:
@@ -219,7 +252,7 @@ def open_bundle(
     ciphertext = raw[HEADER_SIZE : HEADER_SIZE + header.ciphertext_size]
     signature = raw[HEADER_SIZE + header.ciphertext_size :]
     try:
-        crypto.verify(author_key, signature, head + ciphertext)
+        crypto.verify(author_key, signature, signed_message(head, ciphertext))
     except CryptoError as exc:
         bad = BadBundle("bundle signature does not match its author")
         bad.retryable = True  # a cloud client may still be rewriting it

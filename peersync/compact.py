@@ -171,7 +171,8 @@ class Compactor:
         acks, waiting_for = self._acks(roster)
         manifests = self.manifests(roster)
         latest = manifests[-1] if manifests else None
-        if self.is_writer(roster, waiting_for) and self._snapshot_due(roster, acks, waiting_for, latest):
+        if self.is_writer(roster, waiting_for) and self._snapshot_due(roster, acks, waiting_for, latest,
+                                                                      report.bundles_written):
             try:
                 self.write_snapshot()
             except (OSError, PeersyncError) as exc:
@@ -192,14 +193,24 @@ class Compactor:
                     self.e.relay.delete_snapshot(me, m.number)
 
     def _snapshot_due(self, roster: dict[str, PeerRecord], acks: dict[str, dict[str, int]],
-                      waiting_for: set[str], latest: Manifest | None) -> bool:
-        """True when acknowledged bundles that no snapshot covers have piled up."""
+                      waiting_for: set[str], latest: Manifest | None, just_published: int = 0) -> bool:
+        """True when acknowledged bundles that no snapshot covers have piled up.
+
+        The ``just_published`` bundles this peer wrote in the running cycle do not count: a
+        snapshot made of them at once would put the same content into the relay a second time
+        (a fresh 4 GiB store alone in its relay counts as acknowledged by nobody else and
+        would be written twice in its first cycle). They count from the next cycle on.
+        """
         if self.e.index.pending() or self.e.index.db.execute("SELECT 1 FROM partials LIMIT 1").fetchone():
             return False  # the state is not whole yet: a snapshot now would miss those changes
         pile = 0
-        for author in set(roster) | {self.e.ident.peer_id}:
+        me = self.e.ident.peer_id
+        fresh_from = self.e.index.meta_int("last_bundle_seq") - just_published
+        for author in set(roster) | {me}:
             found, _ = self.e.relay.list_bundles(author)
             acked = self._acked(author, acks, waiting_for)
+            if author == me:
+                acked = min(acked, fresh_from)
             base = latest.applied.get(author, 0) if latest else 0
             for seq, path in found.items():
                 if base < seq <= acked:
@@ -207,8 +218,9 @@ class Compactor:
                         pile += path.stat().st_size
                     except OSError:
                         pass
-        threshold = max(int(self.e.settings["snapshot_min_bytes"]), int(self._store_bytes() * 0.1))
-        return pile >= threshold
+        if pile < int(self.e.settings["snapshot_min_bytes"]):
+            return False  # the usual answer, without summing every file's size
+        return pile >= int(self._store_bytes() * 0.1)
 
     def _store_bytes(self) -> int:
         row = self.e.index.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted=0").fetchone()

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -484,50 +485,70 @@ class Engine:
         batch_size = 0
         batch_top = 0
         answered: list[str] = []  # requests answered by changes whole in the batch: noted once it is written
+        # Sealing a bundle (zstd, ChaCha20, SHA-256: C code that releases the GIL) runs on a second
+        # thread while this one reads and hashes the next batch and writes the previous bundle.
+        # Bundles are still written in order and recorded in the index by this thread only.
+        sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal")
+        # (sealed bytes, seq, changes whole up to, operations, content bytes, requests answered)
+        sealing: tuple[Future[bytes], int, int, int, int, list[str]] | None = None
 
-        def flush() -> None:
-            nonlocal seq, batch, batch_size, answered
-            seq += 1
-            data = bundle.seal(batch, store_id=self.cfg.id, author=self.ident.peer_id, epoch=self.epoch, seq=seq,
-                               key=self.seal_key, signer=self.ident.key)
-            self.relay.write_bundle(self.ident.peer_id, seq, data)
-            ops = sum(1 for r in batch if r.meta["op"] != "part")
-            self.progress("publish", ops, sum(len(r.data) for r in batch))
+        def land() -> None:
+            nonlocal sealing
+            if sealing is None:
+                return
+            job, landed_seq, top, ops, nbytes, keys = sealing
+            sealing = None
+            data = job.result()
+            self.relay.write_bundle(self.ident.peer_id, landed_seq, data)
+            self.progress("publish", ops, nbytes)
             with self.index.tx():
-                self.index.set_meta("last_bundle_seq", seq)
-                if batch_top:
-                    self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
-                for key in answered:
+                self.index.set_meta("last_bundle_seq", landed_seq)
+                if top:
+                    self.index.set_meta("published_seq", max(top, self.index.meta_int("published_seq")))
+                for key in keys:
                     self.index.set_meta(key, time.time())
             report.bundles_written += 1
             report.published_ops += ops
+
+        def flush() -> None:
+            nonlocal seq, batch, batch_size, sealing, answered
+            seq += 1
+            job = sealer.submit(bundle.seal, batch, store_id=self.cfg.id, author=self.ident.peer_id,
+                                epoch=self.epoch, seq=seq, key=self.seal_key, signer=self.ident.key)
+            land()
+            sealing = (job, seq, batch_top, sum(1 for r in batch if r.meta["op"] != "part"),
+                       sum(len(r.data) for r in batch), answered)
             batch, batch_size, answered = [], 0, []
 
         stopped = False
-        for entry, top, key in todo:
-            if self.should_stop():
-                break
-            records = self._records(entry, scanner, gone_hashes if top else {})
-            try:
-                for rec in records:
-                    if self.should_stop():  # between the parts of a large file
-                        stopped = True
-                        break
-                    self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
-                    if batch and batch_size + rec.encoded_size > max_bytes:
-                        flush()
-                    batch.append(rec)
-                    batch_size += rec.encoded_size
-            finally:
-                records.close()
-            if stopped:
-                break
-            batch_top = max(batch_top, top)
-            if key:
-                answered.append(key)
-        if batch:
-            flush()
-        elif batch_top:
+        try:
+            for entry, top, key in todo:
+                if self.should_stop():
+                    break
+                records = self._records(entry, scanner, gone_hashes if top else {})
+                try:
+                    for rec in records:
+                        if self.should_stop():  # between the parts of a large file
+                            stopped = True
+                            break
+                        self.progress("pack", 1 if rec.meta["op"] != "part" else 0, len(rec.data))
+                        if batch and batch_size + rec.encoded_size > max_bytes:
+                            flush()
+                        batch.append(rec)
+                        batch_size += rec.encoded_size
+                finally:
+                    records.close()
+                if stopped:
+                    break
+                batch_top = max(batch_top, top)
+                if key:
+                    answered.append(key)
+            if batch:
+                flush()
+            land()
+        finally:
+            sealer.shutdown(wait=True, cancel_futures=True)
+        if batch_top:  # changes that sent nothing after all (e.g. every file vanished meanwhile) leave the queue
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 

@@ -174,66 +174,105 @@ class Scanner:
         # Inodes living on under ignored names: an editor saving renames the original to a
         # temporary name ("Quote.docx" -> "~WRL0001.tmp") for a moment. That is no deletion.
         ignored_inodes: set[int] = set()
-        stack: list[tuple[Path, str]] = [(self.root, "")]
+        # This loop is the whole cost of a scan that finds nothing, so it runs on plain strings and
+        # one stat per entry, relative to an open folder where the OS allows it (no lookup of the
+        # whole path per file). One regex search tells that no ignore rule can match (the full
+        # rules run only when one might), and each distinct name is validated once: a path is
+        # valid when its folder is, its last name is, and it is not too long (validate checks no more).
+        ignored = self.ignore.ignored
+        shortcut = self.ignore.shortcut.search if self.ignore.shortcut is not None else None
+        valid_names: dict[str, bool] = {}
+        any_mode = fsutil.IS_WINDOWS  # Windows has no exec bit: the index's mode stands
+        by_fd = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
+        no_follow = getattr(os, "O_NOFOLLOW", 0)
+        root = os.fspath(self.root)
+        stack: list[tuple[str, str]] = [(root, "")]
         with self.index.tx():
             while stack:
                 folder, prefix = stack.pop()
+                dir_fd = -1
                 try:
-                    entries = list(os.scandir(folder))
+                    if by_fd:  # the root may be a link the user made; no folder under it is followed
+                        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (no_follow if prefix else 0))
+                    with os.scandir(folder if dir_fd < 0 else dir_fd) as listing:
+                        entries = list(listing)
                 except OSError as exc:
+                    if dir_fd >= 0:
+                        os.close(dir_fd)
                     skipped_dirs.append(prefix)
                     result.problems.append((prefix or ".", f"the folder cannot be read ({exc.strerror})",
                                             "check its permissions"))
                     continue
-                for de in entries:
-                    if self.stop():
-                        result.stopped = True
-                        stack.clear()
-                        break
-                    name = self._nfc_name(folder, de.name, result)
-                    if name is None:
-                        continue
-                    rel = prefix + name
-                    path = folder / name  # not de.path: the entry may just have been renamed to NFC
-                    try:
-                        st = os.stat(path, follow_symlinks=False)
-                    except OSError:
-                        continue  # gone while we looked
-                    is_link = statmod.S_ISLNK(st.st_mode)
-                    is_dir = statmod.S_ISDIR(st.st_mode)
-                    if name.startswith(fsutil.TEMP_PREFIX):
-                        self._remove_stale_temp(path)
-                        continue
-                    if self.ignore.ignored(rel, is_dir):
-                        if not is_dir:
-                            ignored_inodes.add(st.st_ino)
-                        continue
-                    if is_link:
-                        continue  # symlinks are never followed nor synced
-                    if not paths.is_valid(rel):
-                        result.problems.append((rel, "this name cannot be synced to every system (reserved or "
-                                                     "invalid on Windows, or too long)", "rename it"))
-                        if is_dir:
-                            skipped_dirs.append(rel + "/")
-                        continue
-                    seen.add(rel)
-                    if is_dir:
+                try:
+                    counted = 0  # files found here and not yet reported to progress
+                    for de in entries:
+                        if self.stop():
+                            result.stopped = True
+                            stack.clear()
+                            break
+                        name = de.name
+                        renamed = False
+                        if not name.isascii():  # ASCII names are valid UTF-8 and NFC already
+                            nfc = self._nfc_name(Path(folder), name, result)
+                            if nfc is None:
+                                continue
+                            renamed = nfc != name  # renamed to NFC just now: not this entry any more
+                            name = nfc
+                        rel = prefix + name
+                        try:
+                            if dir_fd < 0:
+                                st = os.lstat(os.path.join(folder, name))
+                            elif renamed:
+                                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                            else:
+                                st = de.stat(follow_symlinks=False)
+                        except OSError:
+                            continue  # gone while we looked
+                        kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
+                        is_dir = kind == statmod.S_IFDIR
+                        if name.startswith(fsutil.TEMP_PREFIX):
+                            self._remove_stale_temp(Path(folder, name))
+                            continue
+                        if ((shortcut is None or shortcut(rel + "/" if is_dir else rel) is not None)
+                                and ignored(rel, is_dir)):
+                            if not is_dir:
+                                ignored_inodes.add(st.st_ino)
+                            continue
+                        if kind == statmod.S_IFLNK:
+                            continue  # symlinks are never followed nor synced
+                        valid = valid_names.get(name)
+                        if valid is None:
+                            valid = valid_names[name] = paths.is_valid(name)
+                        if not valid or len(rel) > paths.MAX_PATH_CHARS:
+                            result.problems.append((rel, "this name cannot be synced to every system (reserved "
+                                                         "or invalid on Windows, or too long)", "rename it"))
+                            if is_dir:
+                                skipped_dirs.append(rel + "/")
+                            continue
+                        seen.add(rel)
                         old = known.get(rel)
-                        if old is None or old[1] or old[0] != "dir":
-                            self._examine_dir(rel)
-                        stack.append((path, rel + "/"))
-                        continue
-                    if not statmod.S_ISREG(st.st_mode):
-                        continue  # sockets, fifos, devices
-                    result.files += 1
-                    self.progress("scan", 1, 0)
-                    old = known.get(rel)
-                    mode_same = fsutil.IS_WINDOWS or (old is not None and old[5] == file_mode(st))
-                    if (old is not None and old[0] == "file" and not old[1] and mode_same
-                            and (old[2], old[3], old[4]) == (st.st_size, st.st_mtime_ns, st.st_ino)):
-                        continue
-                    self._examine_file(rel, path, st, result)
-                    self.progress("hash", 1, st.st_size)
+                        if is_dir:
+                            if old is None or old[1] or old[0] != "dir":
+                                self._examine_dir(rel)
+                            stack.append((os.path.join(folder, name), rel + "/"))
+                            continue
+                        if kind != statmod.S_IFREG:
+                            continue  # sockets, fifos, devices
+                        result.files += 1
+                        counted += 1
+                        if (old is not None and old[0] == "file" and not old[1] and old[2] == st.st_size
+                                and old[3] == st.st_mtime_ns and old[4] == st.st_ino
+                                and (any_mode or old[5] == file_mode(st))):
+                            continue
+                        self.progress("scan", counted, 0)
+                        counted = 0
+                        self._examine_file(rel, Path(folder, name), st, result)
+                        self.progress("hash", 1, st.st_size)
+                    if counted:
+                        self.progress("scan", counted, 0)
+                finally:
+                    if dir_fd >= 0:
+                        os.close(dir_fd)
             if result.stopped:
                 return result  # what was scanned is kept; files not walked are not deleted ones
             self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
@@ -274,17 +313,17 @@ class Scanner:
         paths those are with ``in_scope``, and gives the store's ``live_files``: held
         deletions and missing paths outside its scope stay as they are.
         """
-        gone = {
-            p for p, (kind, deleted, *_rest) in known.items()
-            if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
-            and not self.ignore.ignored(p, kind == "dir")
+        gone = {  # rows indexed, not unpacked: this runs over every path of the store
+            p for p, row in known.items()
+            if not row[1] and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
+            and not self.ignore.ignored(p, row[0] == "dir")
         }
         moved_aside = {p for p in gone if known[p][0] == "file" and known[p][4] in ignored_inodes}
         result.deferred_deletes += len(moved_aside)
         result.moved_aside += len(moved_aside)
         gone -= moved_aside
         result.live_files = live_files if live_files is not None else sum(
-            1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
+            1 for row in known.values() if row[0] == "file" and not row[1])
         # A held deletion stays held, cycle after cycle, until it is confirmed or the files are back:
         # files added meanwhile must not dilute the share and release it by themselves.
         was_held = set(json.loads(self.index.get_meta("held_deletes") or "[]"))

@@ -201,7 +201,7 @@ def seal_raw_payload(peer: Any, compressed: bytes, *, seq: int, declared_payload
                     len(compressed) + crypto.TAG_BYTES, nonce)
     head = header.pack()
     ciphertext = crypto.seal(store_key(peer) if key is None else key, nonce, compressed, head)
-    return head + ciphertext + ident.key.sign(head + ciphertext)
+    return head + ciphertext + ident.key.sign(bundle.signed_message(head, ciphertext))
 
 
 def bomb(peer: Any, seq: int, *, real_bytes: int, declared: int, records: list[Record] | None = None) -> bytes:

@@ -97,7 +97,7 @@ def forge(
     declared: int | None = None,
     compressed: bytes | None = None,
     magic: bytes = b"PSYB",
-    version: int = 1,
+    version: int = 2,
     flags: int = 0,
     store: str = STORE,
     author: str = AUTHOR,
@@ -129,7 +129,14 @@ def forge(
     )
     assert len(head) == 96
     ciphertext = crypto.seal(key, nonce, compressed, head)
-    return head + ciphertext + signer.sign(head + ciphertext)
+    return head + ciphertext + signer.sign(spec_signed_message(head, ciphertext, version))
+
+
+def spec_signed_message(head: bytes, ciphertext: bytes, version: int) -> bytes:
+    """§5.3 step 5: version 1 signs header and ciphertext, version 2 a context and their SHA-256."""
+    if version == 1:
+        return head + ciphertext
+    return b"peersync bundle signature v2\x00" + hashlib.sha256(head + ciphertext).digest()
 
 
 # --------------------------------------------------------------------------- #
@@ -156,7 +163,7 @@ def test_sealed_bundle_matches_the_byte_table() -> None:
     """Read a bundle by the spec's offsets alone, decrypt and decompress it by hand."""
     raw = make(seq=0x0102030405)
     assert raw[0:4] == b"PSYB"
-    assert struct.unpack_from("<H", raw, 4) == (1,)
+    assert struct.unpack_from("<H", raw, 4) == (2,)
     assert struct.unpack_from("<H", raw, 6) == (0,)
     assert raw[8:24] == raw_id(STORE)
     assert raw[24:40] == raw_id(AUTHOR)
@@ -168,7 +175,9 @@ def test_sealed_bundle_matches_the_byte_table() -> None:
     assert raw[80:96] == bytes(16)
     assert len(raw) == 96 + ciphertext_size + 64
     ciphertext, signature = raw[96 : 96 + ciphertext_size], raw[96 + ciphertext_size :]
-    crypto.verify(SIGNER.public_bytes(), signature, raw[:96] + ciphertext)
+    crypto.verify(SIGNER.public_bytes(), signature, spec_signed_message(raw[:96], ciphertext, 2))
+    with pytest.raises(crypto.CryptoError):  # version 2 does not sign the bytes themselves
+        crypto.verify(SIGNER.public_bytes(), signature, raw[:96] + ciphertext)
     compressed = crypto.open_sealed(KEY, nonce, ciphertext, raw[:96])
     assert ciphertext_size == len(compressed) + 16
     payload = zstandard.ZstdDecompressor().decompressobj().decompress(compressed)
@@ -322,7 +331,29 @@ def test_bad_magic() -> None:
         open_(bytes(200))
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFF])
+def test_version_1_bundles_are_still_read() -> None:
+    """Relays written before format version 2 (the signature covered header and ciphertext themselves)."""
+    header, records = open_(forge(encode_payload(RECORDS), version=1))
+    assert header.version == 1
+    assert [(r.meta, r.data) for r in records] == [(r.meta, r.data) for r in RECORDS]
+
+
+def test_signature_of_the_other_version_does_not_verify() -> None:
+    """The version field is signed and picks what the signature covers: a bundle cannot be passed off
+    as the other version, and a version-1-style signature on a version-2 header fails (and back)."""
+    payload = encode_payload(RECORDS)
+    for version, other in ((1, 2), (2, 1)):
+        raw = forge(payload, version=version)
+        head, ciphertext = raw[:96], raw[96:-64]
+        swapped = head + ciphertext + SIGNER.sign(spec_signed_message(head, ciphertext, other))
+        with pytest.raises(BadBundle, match="signature"):
+            open_(swapped)
+        relabelled = head[:4] + struct.pack("<H", other) + head[6:] + raw[96:]
+        with pytest.raises(BadBundle):
+            open_(relabelled)
+
+
+@pytest.mark.parametrize("version", [0, 3, 0xFFFF])
 def test_unsupported_version(version: int) -> None:
     with pytest.raises(BadBundle, match="version") as info:
         open_(forge(b"", version=version))

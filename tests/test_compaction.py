@@ -177,3 +177,19 @@ def test_a_late_joiner_learns_the_versions_a_conflict_left(make_peers, tmp_path)
             p.sync()
     assert alice.read("a.txt") == bob.read("a.txt") == carol.read("a.txt") == b"carol"
     assert tree(alice.store) == tree(bob.store) == tree(carol.store)
+
+
+def test_no_snapshot_of_what_the_same_cycle_just_published(make_peers):
+    """A store alone in its relay counts its own bundles as acknowledged at once. A snapshot in the
+    cycle that published them would write the same content into the relay a second time (issue 6:
+    half of a 4 GiB ingest was that snapshot); it waits for a later cycle."""
+    (alice,) = make_peers(1)
+    _configure(alice, snapshot_min_bytes=1000)
+    alice.write("data.bin", random.Random(1).randbytes(300_000))
+    alice.write("notes.txt", "notes " * 1000)
+    alice.sync()
+    assert not list(alice.relay.rglob("snapshots/*/*.psb"))
+    assert _relay_bytes(alice.relay) < 300_000 + 64_000
+    alice.sync()  # nothing new: now the pile counts, and compaction goes on as before
+    assert list(alice.relay.rglob("snapshots/*/manifest.psb"))
+    assert not _bundles(alice.relay), "bundles the snapshot covers were removed"

@@ -46,7 +46,7 @@ def _sealed_payload(payload: bytes, declared: int | None = None) -> bytes:
                            len(compressed) + crypto.TAG_BYTES, nonce)
     head = header.pack()
     ct = crypto.seal(KEY, nonce, compressed, head)
-    return head + ct + SIGNER.sign(head + ct)
+    return head + ct + SIGNER.sign(bundle.signed_message(head, ct))
 
 
 json_values = st.recursive(
