@@ -31,7 +31,7 @@ import stat as statmod
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, paths
+from . import delta, fsutil, paths
 from . import vector as vv
 from .bundle import Record
 from .conflict import conflict_copy_target, winner
@@ -93,7 +93,7 @@ def check_record(rec: Record) -> dict[str, Any]:
         if op == "part" and not isinstance(m.get("final", False), bool):
             raise ValueError("bad final flag")
         if op == "put":
-            if m.get("content") not in ("inline", "parts", "ref"):
+            if m.get("content") not in ("inline", "parts", "ref", "delta"):
                 raise ValueError("bad content kind")
             if m.get("mode") not in (0o644, 0o755):
                 raise ValueError("bad mode")
@@ -101,6 +101,8 @@ def check_record(rec: Record) -> dict[str, Any]:
                 raise ValueError("inline content does not match its size")
             if "from" in m:
                 m["from"] = paths.validate(m["from"])
+            if m["content"] == "delta":
+                _check_delta(m, len(rec.data))
         if op == "delete" and m.get("kind") not in ("file", "dir"):
             raise ValueError("bad kind")
     except PathError as exc:
@@ -108,6 +110,16 @@ def check_record(rec: Record) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise BadBundle(f"bundle holds a malformed {op} record ({exc})") from exc
     return m
+
+
+def _check_delta(m: dict[str, Any], data_len: int) -> None:
+    """A delta put (docs/bundle-format.md 6.3.1): its base and ops must describe exactly ``size`` bytes."""
+    if not (isinstance(m.get("base"), str) and HASH_RE.match(m["base"])):
+        raise ValueError("bad delta base")
+    base_size = m.get("base_size")
+    if not isinstance(base_size, int) or isinstance(base_size, bool) or not 0 <= base_size < 2**63:
+        raise ValueError("bad base_size")
+    delta.check_ops(m.get("ops"), base_size, m["size"], data_len)
 
 
 def remote_entry(m: dict[str, Any]) -> Entry:
@@ -193,7 +205,7 @@ class Applier:
                     self.flush()
                     self._start_parts(author, m, rec.data)
                 else:
-                    self._run(m, rec.data if m["op"] == "put" and m["content"] == "inline" else None)
+                    self._run(m, rec.data if m["op"] == "put" and m["content"] in ("inline", "delta") else None)
             self.flush()
         finally:
             self._discard_queue()  # an error escaped: the bundle is read again later
@@ -234,6 +246,14 @@ class Applier:
 
     def _keep_for_later(self, m: dict[str, Any], data: bytes | Path | None, exc: Retry) -> None:
         path = m["path"]
+        if m.get("content") == "delta":  # literals alone are no content to keep: the whole file is asked for
+            m = {k: v for k, v in m.items() if k not in ("base", "base_size", "ops")}
+            m["content"] = "ref"
+            exc.need = m["hash"]
+            data = None
+            with self.index.tx():
+                self.index.add_correction(path, "a delta could not be applied here "
+                                                f"({exc.message}); fell back to a full copy")
         staged = self._stage(m, data)
         with self.index.tx():
             self.index.add_pending(path, dict(m, need=exc.need) if exc.need else m, staged, exc.message)
@@ -456,6 +476,8 @@ class Applier:
                      durable: bool = True) -> tuple[str, Path | None]:
         """Write the operation's content to ``tmp``; return its hash and, if it was moved, where from.
         Content from the bundle is fsynced here unless ``durable`` is false (``flush`` does it then)."""
+        if isinstance(data, bytes) and m.get("content") == "delta":
+            return self._build_delta(m, data, tmp), None
         if isinstance(data, bytes):
             digest = hashlib.sha256(data).hexdigest()
             if digest != m["hash"]:
@@ -471,14 +493,50 @@ class Applier:
                 os.rename(data, tmp)  # staged content: moved, and given back if the apply fails
             except OSError:
                 return fsutil.copy_durable(data, tmp), None
-            digest, _ = fsutil.hash_file(tmp)
-            return digest, data
+            return self._hash_received(m, tmp), data
         source = self._find_content(m)
         if source is None:
             raise Retry(f"the content of {m['path']} is not here yet",
                         "it is asked for from the peers that have it and arrives in a later bundle", need=m["hash"])
         # A copy, not a link: two live paths must never share one inode.
-        return fsutil.copy_durable(source, tmp), None
+        digest = fsutil.copy_durable(source, tmp)
+        if digest == m["hash"] and self.index.chunk_map(digest) is None:
+            self._hash_received(m, tmp)
+        return digest, None
+
+    def _hash_received(self, m: dict[str, Any], tmp: Path) -> str:
+        """The hash of received content; a large file's chunk map is kept too, the base of its next delta."""
+        threshold = int(self.scanner.settings.get("delta_min_bytes", 0))
+        if not 0 < threshold <= m.get("size", 0):
+            return fsutil.hash_file(tmp)[0]
+        digest, size, chunk_map = delta.hash_and_map(tmp)
+        if digest == m["hash"]:
+            with self.index.tx():
+                self.index.set_chunk_map(digest, m["path"], size, chunk_map)
+        return digest
+
+    def _build_delta(self, m: dict[str, Any], data: bytes, tmp: Path) -> str:
+        """Write the content a delta describes to ``tmp`` from its base; return its hash. Without the
+        base, or when the result does not hash right, raise Retry: the whole content is asked for."""
+        base = self._find_content({"hash": m["base"], "from": m["path"]})
+        if base is None:
+            raise Retry(f"the base of the delta for {m['path']} is not here",
+                        "the whole file is asked for from the peers that have it", need=m["hash"])
+        with open(base, "rb") as src, open(tmp, "xb") as out:
+            try:
+                delta.build(src, m["ops"], data, out)
+            except ValueError as exc:
+                raise Retry(f"the delta for {m['path']} does not fit its base ({exc})",
+                            "the whole file is asked for from the peers that have it", need=m["hash"]) from exc
+            out.flush()
+            os.fsync(out.fileno())
+        digest, size, chunk_map = delta.hash_and_map(tmp)
+        if digest != m["hash"]:
+            raise Retry(f"the delta for {m['path']} did not rebuild its content",
+                        "the whole file is asked for from the peers that have it", need=m["hash"])
+        with self.index.tx():
+            self.index.set_chunk_map(digest, m["path"], size, chunk_map)
+        return digest
 
     def _find_content(self, m: dict[str, Any]) -> Path | None:
         """A local file that holds the content ``m`` announces by hash (for renames)."""
@@ -511,7 +569,7 @@ class Applier:
         # Content carried in the bundle is written now and put in place with the rest of the
         # bundle (see ``flush``). Anything else goes one at a time, after what is queued: a conflict
         # copy, or content found by hash, must see the disk as the index describes it.
-        queue = isinstance(data, bytes) and not keep_local_as_conflict
+        queue = isinstance(data, bytes) and not keep_local_as_conflict and m.get("content") != "delta"
         if not queue:
             self.flush()
         tmp = fsutil.temp_name(target)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import bundle, crypto, fsutil, paths
+from . import bundle, crypto, delta, fsutil, paths
 from . import vector as vv
 from .apply import Applier, check_record, version_meta
 from .bundle import Record
@@ -525,7 +525,7 @@ class Engine:
             for entry, top, key in todo:
                 if self.should_stop():
                     break
-                records = self._records(entry, scanner, gone_hashes if top else {})
+                records = self._records(entry, scanner, gone_hashes if top else {}, delta_ok=bool(top))
                 try:
                     for rec in records:
                         if self.should_stop():  # between the parts of a large file
@@ -552,7 +552,10 @@ class Engine:
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
-    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str]) -> Generator[Record, None, None]:
+    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str],
+                 delta_ok: bool = False) -> Generator[Record, None, None]:
+        """The records that send ``e``. ``delta_ok`` only for this peer's own changes: answers to
+        wants and snapshots carry the whole content, never a delta against a base the reader lacks."""
         meta = version_meta(e)
         if meta["op"] != "put":
             yield Record(meta)
@@ -565,6 +568,11 @@ class Engine:
             return
         part = min(int(self.settings["part_bytes"]), int(self.settings["bundle_max_bytes"]))
         try:
+            if delta_ok and e.size > part:
+                rec = self._delta_record(meta, source, part)
+                if rec is not None:
+                    yield rec
+                    return
             if e.size <= part:
                 data = source.read_bytes()
                 if hashlib.sha256(data).hexdigest() != e.hash:
@@ -574,6 +582,26 @@ class Engine:
             yield from self._part_records(meta, source, part)
         except (OSError, ValueError):
             scanner.refresh(e.path)  # changed or gone since the scan: it is sent again as it is now
+
+    def _delta_record(self, meta: dict[str, Any], source: Path, limit: int) -> Record | None:
+        """The put as a delta against the content this peer last had at the path, or None when there
+        is no such base or the literals would not fit ``limit`` bytes (the file goes whole then)."""
+        threshold = int(self.settings["delta_min_bytes"])
+        if not 0 < threshold <= meta["size"]:
+            return None
+        new_map = self.index.chunk_map(meta["hash"])
+        base = self.index.delta_base(meta["path"], meta["hash"])
+        if new_map is None or base is None:
+            return None
+        base_hash, base_size, base_map = base
+        ops, literals = delta.plan(base_map, new_map)
+        if len(ops) > delta.MAX_OPS or sum(n for _, n in literals) > limit:
+            return None
+        st = os.stat(source)
+        if st.st_size != meta["size"]:
+            raise ValueError("changed since scanned")
+        data = delta.literal_bytes(source, literals)
+        return Record({**meta, "content": "delta", "base": base_hash, "base_size": base_size, "ops": ops}, data)
 
     def _part_records(self, meta: dict[str, Any], source: Path, part: int) -> Generator[Record, None, None]:
         """A large file as a put carrying its first part, then parts; memory stays one part."""

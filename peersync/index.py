@@ -18,6 +18,8 @@ Tables:
   bad_bundles bundles that did not verify, waiting or quarantined
   versions    the versions archive's catalogue
   corrections what peersync did by itself about an item that kept failing
+  chunkmaps   per content hash of a large file, its chunk map (peersync.delta):
+              the base a later version of the path is sent as a delta against
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ CREATE TABLE IF NOT EXISTS corrections(
 """
 
 
+CHUNKMAPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunkmaps(
+    hash TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, map BLOB NOT NULL, made REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS chunkmaps_path ON chunkmaps(path);
+"""
+CHUNKMAPS_KEPT = 1000  # the most recently made maps are kept
+
+
 @dataclasses.dataclass
 class Entry:
     path: str
@@ -128,6 +138,7 @@ class Index:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self.db.executescript(CHUNKMAPS_SCHEMA)
         self._migrate()
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
@@ -431,6 +442,25 @@ class Index:
         cols = ("time", "subject", "action")
         return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {', '.join(cols)} FROM corrections ORDER BY id")]
 
+    # -- chunk maps of large files (peersync.delta) ------------------------------
+
+    def set_chunk_map(self, digest: str, path: str, size: int, packed: bytes) -> None:
+        """Keep the chunk map of content ``digest``, last seen at ``path``."""
+        self.db.execute("INSERT OR REPLACE INTO chunkmaps(hash, path, size, map, made) VALUES(?,?,?,?,?)",
+                        (digest, path, size, packed, time.time()))
+        self.db.execute("DELETE FROM chunkmaps WHERE rowid NOT IN "
+                        "(SELECT rowid FROM chunkmaps ORDER BY made DESC LIMIT ?)", (CHUNKMAPS_KEPT,))
+
+    def chunk_map(self, digest: str) -> bytes | None:
+        row = self.db.execute("SELECT map FROM chunkmaps WHERE hash=?", (digest,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def delta_base(self, path: str, digest: str) -> tuple[str, int, bytes] | None:
+        """The content this peer last had at ``path`` other than ``digest``, with its map: a delta's base."""
+        row = self.db.execute("SELECT hash, size, map FROM chunkmaps WHERE path=? AND hash<>? "
+                              "ORDER BY made DESC LIMIT 1", (path, digest)).fetchone()
+        return (str(row[0]), int(row[1]), bytes(row[2])) if row else None
+
     # -- the outgoing queue -----------------------------------------------------
 
     def drop_outgoing(self, path: str) -> bool:
@@ -465,3 +495,4 @@ class Index:
         rows = self.db.execute("SELECT key, subject FROM errors WHERE key LIKE ? AND seen_cycle <> ?",
                                (prefix + "%", self.meta_int("cycle")))
         return [(str(r[0]), str(r[1])) for r in rows]
+

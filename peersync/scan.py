@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import fsutil, paths
+from . import delta, fsutil, paths
 from . import vector as vv
 from .ignore import IGNORE_FILE, Ignore
 from .index import Entry, Index
@@ -107,8 +107,12 @@ class Scanner:
     def _examine_file(self, rel: str, abspath: Path, st: os.stat_result, result: ScanResult) -> None:
         entry = self.index.get(rel)
         mode = entry.mode if (fsutil.IS_WINDOWS and entry) else file_mode(st)
+        chunk_map = b""
         try:
-            digest, size = fsutil.hash_file(abspath)
+            if 0 < int(self.settings.get("delta_min_bytes", 0)) <= st.st_size:  # the base of a later delta
+                digest, size, chunk_map = delta.hash_and_map(abspath)
+            else:
+                digest, size = fsutil.hash_file(abspath)
             after = os.stat(abspath, follow_symlinks=False)
         except FileNotFoundError:
             return  # gone while we looked: the next scan sees the deletion
@@ -122,6 +126,8 @@ class Scanner:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
             result.unstable.append(rel)  # still being written
             return
+        if chunk_map and self.index.chunk_map(digest) is None:
+            self.index.set_chunk_map(digest, rel, size, chunk_map)
         if entry and entry.live and entry.kind == "file" and entry.hash == digest and entry.mode == mode:
             # Touched, not changed: nothing to send. The row keeps the version's mtime, which every
             # peer holding this version shares and conflict decisions compare; only the inode is

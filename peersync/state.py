@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "bundle_max_bytes": 8 * 1024 * 1024,
     # Files larger than this are sent as parts spread over several bundles.
     "part_bytes": 4 * 1024 * 1024,
+    # Files of at least this many bytes get a chunk map when scanned or received, and a
+    # new version of one is sent as a delta against the previous one (0: never).
+    "delta_min_bytes": 8 * 1024 * 1024,
     # A snapshot is written once bundles that every peer has applied, but no snapshot
     # covers, reach this many bytes (or a tenth of the store); then those bundles go.
     "snapshot_min_bytes": 8 * 1024 * 1024,

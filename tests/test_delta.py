@@ -1,0 +1,178 @@
+"""Issue 6, workload 3: a change inside a large file travels as a delta against the previous content.
+
+Random content, so zstd cannot shrink a whole file below its size: relay bytes far below the
+file size prove the file was not resent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import forge
+import pytest
+from conftest import tree
+
+from peersync import delta
+
+MIB = 1024 * 1024
+SIZE = 24 * MIB
+
+
+def relay_bytes(peer) -> int:  # type: ignore[no-untyped-def]
+    folder = forge.bundles_dir(peer)
+    return sum(p.stat().st_size for p in folder.iterdir()) if folder.exists() else 0
+
+
+def corrections(peer) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    (store,) = json.loads(peer.cli("status", "--json", check=0).out)["stores"]
+    return store["corrections"]  # type: ignore[no-any-return]
+
+
+def shared_big_file(make_peers, n: int = 2):  # type: ignore[no-untyped-def]
+    peers = make_peers(n)
+    content = random.Random(6).randbytes(SIZE)
+    peers[0].write("video/raw.bin", content)
+    peers[0].sync()
+    for p in peers[1:]:
+        p.sync()
+        assert p.read("video/raw.bin") == content
+    return peers, content
+
+
+def test_overwrite_and_insertion_in_a_large_file_travel_as_deltas(make_peers):
+    """1 MiB overwritten in the middle, then 1 MiB inserted (shifting the rest): each reaches the
+    other peer byte-identical while the relay grows by about the change, not by the file."""
+    (alice, bob), content = shared_big_file(make_peers)
+    rng = random.Random(7)
+
+    changed = content[:SIZE // 2] + rng.randbytes(MIB) + content[SIZE // 2 + MIB:]
+    before = relay_bytes(alice)
+    alice.write("video/raw.bin", changed)
+    alice.sync()
+    sent = relay_bytes(alice) - before
+    assert sent < 2 * MIB, f"{sent} bytes in the relay for 1 MiB changed in a {SIZE}-byte file"
+    bob.sync()
+    assert bob.read("video/raw.bin") == changed
+
+    inserted = changed[:5 * MIB] + rng.randbytes(MIB) + changed[5 * MIB:]
+    before = relay_bytes(alice)
+    alice.write("video/raw.bin", inserted)
+    alice.sync()
+    sent = relay_bytes(alice) - before
+    assert sent < 2 * MIB, f"{sent} bytes in the relay for 1 MiB inserted in a {SIZE}-byte file"
+    bob.sync()
+    assert bob.read("video/raw.bin") == inserted
+
+    # bob made the map of what he received: his own change goes back as a delta too
+    back = inserted[:-MIB] + rng.randbytes(MIB)
+    before = relay_bytes(bob)
+    bob.write("video/raw.bin", back)
+    bob.sync()
+    assert relay_bytes(bob) - before < 2 * MIB
+    alice.sync()
+    assert alice.read("video/raw.bin") == back
+    assert tree(alice.store) == tree(bob.store)
+
+
+def test_a_receiver_whose_base_does_not_match_falls_back_to_a_full_copy(make_peers):
+    """bob's copy changed behind the index's back (same size and mtime: the scan trusts them), so the
+    delta does not rebuild the announced content: bob asks for the whole file and converges."""
+    (alice, bob), content = shared_big_file(make_peers)
+    target = bob.store / "video/raw.bin"
+    st = target.stat()
+    with open(target, "r+b") as f:
+        f.seek(SIZE // 2 + 100)
+        f.write(b"bit rot")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    changed = content[:MIB] + b"edited by alice" + content[MIB + 15:]
+    alice.write("video/raw.bin", changed)
+    alice.sync()
+    for _ in range(3):
+        bob.sync(check=None)
+        alice.sync(check=None)
+    bob.sync(check=None)
+    assert bob.read("video/raw.bin") == changed
+    assert any("full copy" in c["action"] for c in corrections(bob)), corrections(bob)
+
+
+def test_concurrent_edits_of_a_large_file_lose_nothing(make_peers):
+    """Both edit the large file before syncing: whoever wins, the other's delta has no base at the
+    loser, and both versions end up on both peers (one as a conflict copy)."""
+    (alice, bob), content = shared_big_file(make_peers)
+    mine = content[:MIB] + b"alice" + content[MIB + 5:]
+    theirs = content[:3 * MIB] + b"bob" + content[3 * MIB + 3:]
+    alice.write("video/raw.bin", mine)
+    bob.write("video/raw.bin", theirs)
+    for _ in range(4):
+        alice.sync(check=None)
+        bob.sync(check=None)
+    a, b = tree(alice.store), tree(bob.store)
+    assert a == b
+    assert mine in a.values() and theirs in a.values()
+    # where the remote side won, its delta had no base there (a local edit is not archived)
+    assert any("full copy" in c["action"] for p in (alice, bob) for c in corrections(p))
+
+
+# -- hostile delta records -----------------------------------------------------------------------
+
+
+def delta_put(author: str, path: str, base_content: bytes, ops: list, data: bytes, size: int,  # type: ignore[type-arg]
+              **extra: object) -> forge.Record:
+    import hashlib
+    meta = {"op": "put", "hash": "ab" * 32, "size": size, "mtime_ns": 1,
+            "mode": 0o644, "path": path, "vector": {author: forge.clock()}, "by": author, "content": "delta",
+            "base": hashlib.sha256(base_content).hexdigest(), "base_size": len(base_content), "ops": ops}
+    meta.update(extra)
+    return forge.Record(meta, data)
+
+
+@pytest.mark.parametrize("ops, data, size, extra", [
+    ([[0, 11]], b"", 11, {}),                      # copies past the end of the 10-byte base
+    ([[-1, 5]], b"", 5, {}),                       # negative offset
+    ([[0, 0]], b"", 0, {}),                        # empty op
+    ([[4]], b"abc", 4, {}),                        # literal sizes do not match the data
+    ([[3]], b"abc", 9, {}),                        # ops do not add up to the size
+    ([[0, 1, 2]], b"", 1, {}),                     # not an op
+    ([[True]], b"a", 1, {}),                       # a boolean is no length
+    ([[0, 2**62]], b"", 2**62, {}),               # huge
+    ([[1]] * (delta.MAX_OPS + 1), b"a" * (delta.MAX_OPS + 1), delta.MAX_OPS + 1, {}),  # too many ops
+    ("[[1]]", b"a", 1, {}),                        # ops not a list
+    ([[1]], b"a", 1, {"base": "nothex"}),         # bad base hash
+    ([[1]], b"a", 1, {"base_size": -1}),          # bad base size
+])
+def test_hostile_delta_records_are_rejected(make_peers, ops, data, size, extra):
+    alice, bob = make_peers(2)
+    a = forge.peer_id(alice)
+    forge.forge_bundle(alice, [delta_put(a, "victim.bin", b"0123456789", ops, data, size, **extra)], seq=1)
+    before = tree(bob.store)
+    bob.cli("config", "bundle_grace_seconds", "0", check=0)
+    result = bob.sync(check=None)
+    assert result.code == 1, result.out
+    assert tree(bob.store) == before
+
+
+def test_a_delta_record_passes_check_record_when_well_formed() -> None:
+    """The reader accepts what the writer makes (the hostile cases above fail for their reason)."""
+    from peersync.apply import check_record
+    rec = delta_put("A" * 26, "ok.bin", b"0123456789", [[0, 4], [2], [6, 4]], b"ab", 10)
+    assert check_record(rec)["content"] == "delta"
+
+
+def test_plan_rebuilds_an_insertion(tmp_path: Path) -> None:
+    base = random.Random(1).randbytes(4 * MIB)
+    new = base[:MIB] + b"inserted" * 1000 + base[MIB:]
+    (tmp_path / "base").write_bytes(base)
+    (tmp_path / "new").write_bytes(new)
+    _, _, base_map = delta.hash_and_map(tmp_path / "base")
+    _, _, new_map = delta.hash_and_map(tmp_path / "new")
+    ops, literals = delta.plan(base_map, new_map)
+    data = delta.literal_bytes(tmp_path / "new", literals)
+    assert len(data) < MIB // 2
+    delta.check_ops(ops, len(base), len(new), len(data))
+    with open(tmp_path / "base", "rb") as src, open(tmp_path / "out", "wb") as out:
+        delta.build(src, ops, data, out)
+    assert (tmp_path / "out").read_bytes() == new
