@@ -32,6 +32,7 @@ from .index import Entry, Index
 from .stop import StopCheck, never
 
 Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
+StatRow = tuple[str, bool, int, int, int, int]  # an index row as a scan compares it: Index.stat_map
 
 # Where a name is found whatever its letter case (Windows, macOS), a partial scan checks a
 # reported name against its folder's listing: "quote.txt" renamed "Quote.txt" is a new name.
@@ -175,11 +176,27 @@ class Scanner:
     def scan(self, allow_deletes: bool = False) -> ScanResult:
         result = ScanResult()
         known = self.index.stat_map()
-        seen: set[str] = set()
-        skipped_dirs: list[str] = []  # unreadable: nothing under them counts as deleted
+        look = _Look()
+        with self.index.tx():
+            self._walk(os.fspath(self.root), "", known, look, result, rename_nfc=True)
+            if result.stopped:
+                return result  # what was scanned is kept; files not walked are not deleted ones
+            self._deletions(known, look.seen, look.skipped, allow_deletes, result, look.ignored_inodes)
+        return result
+
+    def _walk(self, top: str, top_prefix: str, known: Mapping[str, StatRow], look: _Look, result: ScanResult,
+              rename_nfc: bool) -> None:
+        """Walk the folder ``top`` (the store's root, or ``top_prefix`` in it) whole: the one walk of every scan.
+
+        ``known`` holds the index's rows of at least every path under ``top``. What is seen,
+        skipped and ignored is recorded into ``look``. A name not in NFC is renamed to it
+        where that is safe when ``rename_nfc`` (a full scan), else only a full scan can
+        handle it: NeedFullScan.
+        """
+        seen, skipped_dirs = look.seen, look.skipped
         # Inodes living on under ignored names: an editor saving renames the original to a
         # temporary name ("Quote.docx" -> "~WRL0001.tmp") for a moment. That is no deletion.
-        ignored_inodes: set[int] = set()
+        ignored_inodes = look.ignored_inodes
         # This loop is the whole cost of a scan that finds nothing, so it runs on plain strings and
         # one stat per entry, relative to an open folder where the OS allows it (no lookup of the
         # whole path per file). One regex search tells that no ignore rule can match (the full
@@ -191,98 +208,95 @@ class Scanner:
         any_mode = fsutil.IS_WINDOWS  # Windows has no exec bit: the index's mode stands
         by_fd = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
         no_follow = getattr(os, "O_NOFOLLOW", 0)
-        root = os.fspath(self.root)
-        stack: list[tuple[str, str]] = [(root, "")]
-        with self.index.tx():
-            while stack:
-                folder, prefix = stack.pop()
-                dir_fd = -1
-                try:
-                    if by_fd:  # the root may be a link the user made; no folder under it is followed
-                        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (no_follow if prefix else 0))
-                    with os.scandir(folder if dir_fd < 0 else dir_fd) as listing:
-                        entries = list(listing)
-                except OSError as exc:
-                    if dir_fd >= 0:
-                        os.close(dir_fd)
-                    skipped_dirs.append(prefix)
-                    result.problems.append((prefix or ".", f"the folder cannot be read ({exc.strerror})",
-                                            "check its permissions"))
-                    continue
-                try:
-                    counted = 0  # files found here and not yet reported to progress
-                    for de in entries:
-                        if self.stop():
-                            result.stopped = True
-                            stack.clear()
-                            break
-                        name = de.name
-                        renamed = False
-                        if not name.isascii():  # ASCII names are valid UTF-8 and NFC already
+        stack: list[tuple[str, str]] = [(top, top_prefix)]
+        while stack:
+            folder, prefix = stack.pop()
+            dir_fd = -1
+            try:
+                if by_fd:  # the root may be a link the user made; no folder under it is followed
+                    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (no_follow if prefix else 0))
+                with os.scandir(folder if dir_fd < 0 else dir_fd) as listing:
+                    entries = list(listing)
+            except OSError as exc:
+                if dir_fd >= 0:
+                    os.close(dir_fd)
+                skipped_dirs.append(prefix)
+                result.problems.append((prefix or ".", f"the folder cannot be read ({exc.strerror})",
+                                        "check its permissions"))
+                continue
+            try:
+                counted = 0  # files found here and not yet reported to progress
+                for de in entries:
+                    if self.stop():
+                        result.stopped = True
+                        stack.clear()
+                        break
+                    name = de.name
+                    renamed = False
+                    if not name.isascii():  # ASCII names are valid UTF-8 and NFC already
+                        if not rename_nfc:
+                            self._check_nfc(prefix, name)
+                        else:
                             nfc = self._nfc_name(Path(folder), name, result)
                             if nfc is None:
                                 continue
                             renamed = nfc != name  # renamed to NFC just now: not this entry any more
                             name = nfc
-                        rel = prefix + name
-                        try:
-                            if dir_fd < 0:
-                                st = os.lstat(os.path.join(folder, name))
-                            elif renamed:
-                                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                            else:
-                                st = de.stat(follow_symlinks=False)
-                        except OSError:
-                            continue  # gone while we looked
-                        kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
-                        is_dir = kind == statmod.S_IFDIR
-                        if name.startswith(fsutil.TEMP_PREFIX):
-                            self._remove_stale_temp(Path(folder, name))
-                            continue
-                        if ((shortcut is None or shortcut(rel + "/" if is_dir else rel) is not None)
-                                and ignored(rel, is_dir)):
-                            if not is_dir:
-                                ignored_inodes.add(st.st_ino)
-                            continue
-                        if kind == statmod.S_IFLNK:
-                            continue  # symlinks are never followed nor synced
-                        valid = valid_names.get(name)
-                        if valid is None:
-                            valid = valid_names[name] = paths.is_valid(name)
-                        if not valid or len(rel) > paths.MAX_PATH_CHARS:
-                            result.problems.append((rel, "this name cannot be synced to every system (reserved "
-                                                         "or invalid on Windows, or too long)", "rename it"))
-                            if is_dir:
-                                skipped_dirs.append(rel + "/")
-                            continue
-                        seen.add(rel)
-                        old = known.get(rel)
+                    rel = prefix + name
+                    try:
+                        if dir_fd < 0:
+                            st = os.lstat(os.path.join(folder, name))
+                        elif renamed:
+                            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        else:
+                            st = de.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone while we looked
+                    kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
+                    is_dir = kind == statmod.S_IFDIR
+                    if name.startswith(fsutil.TEMP_PREFIX):
+                        self._remove_stale_temp(Path(folder, name))
+                        continue
+                    if ((shortcut is None or shortcut(rel + "/" if is_dir else rel) is not None)
+                            and ignored(rel, is_dir)):
+                        if not is_dir:
+                            ignored_inodes.add(st.st_ino)
+                        continue
+                    if kind == statmod.S_IFLNK:
+                        continue  # symlinks are never followed nor synced
+                    valid = valid_names.get(name)
+                    if valid is None:
+                        valid = valid_names[name] = paths.is_valid(name)
+                    if not valid or len(rel) > paths.MAX_PATH_CHARS:
+                        result.problems.append((rel, "this name cannot be synced to every system (reserved "
+                                                     "or invalid on Windows, or too long)", "rename it"))
                         if is_dir:
-                            if old is None or old[1] or old[0] != "dir":
-                                self._examine_dir(rel)
-                            stack.append((os.path.join(folder, name), rel + "/"))
-                            continue
-                        if kind != statmod.S_IFREG:
-                            continue  # sockets, fifos, devices
-                        result.files += 1
-                        counted += 1
-                        if (old is not None and old[0] == "file" and not old[1] and old[2] == st.st_size
-                                and old[3] == st.st_mtime_ns and old[4] == st.st_ino
-                                and (any_mode or old[5] == file_mode(st))):
-                            continue
-                        self.progress("scan", counted, 0)
-                        counted = 0
-                        self._examine_file(rel, Path(folder, name), st, result)
-                        self.progress("hash", 1, st.st_size)
-                    if counted:
-                        self.progress("scan", counted, 0)
-                finally:
-                    if dir_fd >= 0:
-                        os.close(dir_fd)
-            if result.stopped:
-                return result  # what was scanned is kept; files not walked are not deleted ones
-            self._deletions(known, seen, skipped_dirs, allow_deletes, result, ignored_inodes)
-        return result
+                            skipped_dirs.append(rel + "/")
+                        continue
+                    seen.add(rel)
+                    old = known.get(rel)
+                    if is_dir:
+                        if old is None or old[1] or old[0] != "dir":
+                            self._examine_dir(rel)
+                        stack.append((os.path.join(folder, name), rel + "/"))
+                        continue
+                    if kind != statmod.S_IFREG:
+                        continue  # sockets, fifos, devices
+                    result.files += 1
+                    counted += 1
+                    if (old is not None and old[0] == "file" and not old[1] and old[2] == st.st_size
+                            and old[3] == st.st_mtime_ns and old[4] == st.st_ino
+                            and (any_mode or old[5] == file_mode(st))):
+                        continue
+                    self.progress("scan", counted, 0)
+                    counted = 0
+                    self._examine_file(rel, Path(folder, name), st, result)
+                    self.progress("hash", 1, st.st_size)
+                if counted:
+                    self.progress("scan", counted, 0)
+            finally:
+                if dir_fd >= 0:
+                    os.close(dir_fd)
 
     def count_files(self) -> int:
         """How many files a full scan would look at, by a walk that reads no file (for a progress total)."""
@@ -309,7 +323,7 @@ class Scanner:
                     count += 1
         return count
 
-    def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
+    def _deletions(self, known: dict[str, StatRow], seen: set[str],
                    skipped_dirs: list[str], allow_deletes: bool, result: ScanResult,
                    ignored_inodes: set[int] = frozenset(),  # type: ignore[assignment]
                    in_scope: Callable[[str], bool] | None = None, live_files: int | None = None) -> None:
@@ -405,12 +419,7 @@ class Scanner:
         for i, name in enumerate(parts):
             last = i == len(parts) - 1
             here = prefix + name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise NeedFullScan(f"{here!r} is not valid UTF-8") from None
-            if unicodedata.normalize("NFC", name) != name:
-                raise NeedFullScan(f"{here} is to be renamed to its NFC form")
+            self._check_nfc(prefix, name)
             path = folder / name
             try:
                 st = os.stat(path, follow_symlinks=False)
@@ -449,7 +458,8 @@ class Scanner:
                 self._note_dir(here)
                 if last and deep:
                     look.trees.add(here)
-                    self._walk(path, here + "/", look, result)
+                    self._walk(os.fspath(path), here + "/", self.index.stat_rows(set(), {here}), look, result,
+                               rename_nfc=False)
                 folder, prefix = path, here + "/"
                 continue
             if not last:  # a file stands where a folder of the path was: nothing is under it any more
@@ -458,57 +468,6 @@ class Scanner:
             if statmod.S_ISREG(st.st_mode):
                 self._look_at_file(here, path, st, result)
             return
-
-    def _walk(self, top: Path, top_prefix: str, look: _Look, result: ScanResult) -> None:
-        """Walk a reported folder whole, by the rules of the full scan's walk."""
-        stack: list[tuple[Path, str]] = [(top, top_prefix)]
-        while stack:
-            folder, prefix = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError as exc:
-                look.skipped.append(prefix)
-                result.problems.append((prefix, f"the folder cannot be read ({exc.strerror})", "check its permissions"))
-                continue
-            for de in entries:
-                if self.stop():
-                    result.stopped = True
-                    return
-                name = de.name
-                try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise NeedFullScan(f"{prefix}{name!r} is not valid UTF-8") from None
-                if unicodedata.normalize("NFC", name) != name:
-                    raise NeedFullScan(f"{prefix}{name} is to be renamed to its NFC form")
-                rel = prefix + name
-                path = folder / name
-                try:
-                    st = os.stat(path, follow_symlinks=False)
-                except OSError:
-                    continue
-                is_dir = statmod.S_ISDIR(st.st_mode)
-                if name.startswith(fsutil.TEMP_PREFIX):
-                    self._remove_stale_temp(path)
-                    continue
-                if self.ignore.ignored(rel, is_dir):
-                    if not is_dir:
-                        look.ignored_inodes.add(st.st_ino)
-                    continue
-                if statmod.S_ISLNK(st.st_mode):
-                    continue
-                if not paths.is_valid(rel):
-                    result.problems.append((rel, "this name cannot be synced to every system (reserved or "
-                                                 "invalid on Windows, or too long)", "rename it"))
-                    if is_dir:
-                        look.skipped.append(rel + "/")
-                    continue
-                look.seen.add(rel)
-                if is_dir:
-                    self._note_dir(rel)
-                    stack.append((path, rel + "/"))
-                elif statmod.S_ISREG(st.st_mode):
-                    self._look_at_file(rel, path, st, result)
 
     def _note_dir(self, rel: str) -> None:
         entry = self.index.get(rel)
@@ -526,6 +485,16 @@ class Scanner:
             return
         self._examine_file(rel, path, st, result)
         self.progress("hash", 1, st.st_size)
+
+    @staticmethod
+    def _check_nfc(prefix: str, name: str) -> None:
+        """A partial scan cannot rename: a name not valid UTF-8 or not in NFC is for a full scan."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NeedFullScan(f"{prefix}{name!r} is not valid UTF-8") from None
+        if unicodedata.normalize("NFC", name) != name:
+            raise NeedFullScan(f"{prefix}{name} is to be renamed to its NFC form")
 
     def _nfc_name(self, folder: Path, name: str, result: ScanResult) -> str | None:
         """The NFC form of a name on disk, renaming the file to it where that is safe."""
