@@ -405,6 +405,8 @@ class Scanner:
                     return result
                 if rel and not look.in_scope(rel):  # not inside a folder already walked whole
                     self._look_at(rel, dirty[rel], look, result)
+            if result.stopped:
+                return result  # in the middle of a folder's walk: what it did not reach is not deleted
             known = self.index.stat_rows(look.exact, look.trees)
             self._deletions(known, look.seen, look.skipped, allow_deletes, result, look.ignored_inodes,
                             in_scope=look.in_scope, live_files=live_files)

@@ -252,3 +252,27 @@ def test_a_partial_scan_leaves_to_a_full_one_what_only_it_handles(tmp_path):
     (root / nfd).write_text("decomposed name")
     with pytest.raises(NeedFullScan):
         s.scan_paths({nfd: False})
+
+
+def test_a_stop_during_the_walk_of_a_reported_folder_deletes_nothing(tmp_path):
+    """A stop request ends the walk of a folder reported deep; the files it did not reach are not deleted ones."""
+    root = tmp_path / "store"
+    s = scanner_for(root, tmp_path)
+    for i in range(30):
+        (root / f"other{i:02d}.txt").write_text("other")
+    (root / "folder").mkdir()
+    for i in range(10):
+        (root / "folder" / f"f{i}.txt").write_text(f"f{i}")
+    s.scan()
+    asked = 0
+
+    def stop_after_three() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 4  # one for the reported path, three entries of its walk
+
+    s.stop = stop_after_three
+    result = s.scan_paths({"folder": True})
+    assert result.stopped
+    assert result.deleted == 0
+    assert len([p for p in live(s) if p.startswith("folder/")]) == 10
