@@ -33,8 +33,9 @@ def _digest(view: memoryview) -> bytes:
 
 
 def hash_and_map(path: Path) -> tuple[str, int, bytes]:
-    """SHA-256 hex digest, size and packed chunk map of a file; the SHA-256 runs in a second
-    thread over the same mapping (hashlib lets go of the interpreter lock)."""
+    """SHA-256 hex digest, size and packed chunk map of a file, on two cores: a second thread runs the
+    SHA-256 while this one finds the cuts, then both digest chunks, from either end (hashlib and
+    fastcdc let go of the interpreter lock)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -43,15 +44,45 @@ def hash_and_map(path: Path) -> tuple[str, int, bytes]:
             view = memoryview(mm)
             try:
                 whole = hashlib.sha256()
-                worker = threading.Thread(target=whole.update, args=(view,))
+                cuts: list[tuple[int, int]] = []
+                digests: list[bytes] = []
+                lock = threading.Lock()
+                ready = threading.Event()
+                ends = [0, 0]  # chunks digested from the front, from the back
+
+                def take(front: bool) -> int | None:
+                    with lock:
+                        if ends[0] + ends[1] >= len(cuts):
+                            return None
+                        if front:
+                            ends[0] += 1
+                            return ends[0] - 1
+                        ends[1] += 1
+                        return len(cuts) - ends[1]
+
+                def work(front: bool) -> None:
+                    while (i := take(front)) is not None:
+                        offset, length = cuts[i]
+                        digests[i] = _digest(view[offset:offset + length])
+
+                def second() -> None:
+                    whole.update(view)
+                    ready.wait()
+                    work(False)
+
+                worker = threading.Thread(target=second)
                 worker.start()
                 try:
-                    out = bytearray()
-                    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
-                        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
+                    cuts.extend((c.offset, c.length) for c in fastcdc_cy(view, avg_size=AVG_CHUNK))
+                    digests.extend(b"" for _ in cuts)
+                finally:
+                    ready.set()
+                try:
+                    work(True)
                 finally:
                     worker.join()
-                return whole.hexdigest(), len(view), bytes(out)
+                out = b"".join(_ENTRY.pack(length, d) for (_, length), d in zip(cuts, digests))
+                return whole.hexdigest(), len(view), out
             finally:
                 view.release()
 

@@ -243,3 +243,14 @@ def test_a_derived_chunk_map_holds_for_ops_no_planner_would_write(tmp_path: Path
 def test_rebuild_refuses_a_base_shorter_than_its_copies(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         _rebuild(tmp_path, b"x" * 100, [[50, 51]], b"", None)
+
+
+def test_the_two_thread_scan_map_is_the_plain_map(tmp_path: Path) -> None:
+    """hash_and_map digests chunks from both ends in two threads; the map must not depend on that."""
+    import hashlib
+    rng = random.Random(9)
+    for n in (1, 20_000, 600_000, 5 * MIB + 3):
+        content = rng.randbytes(n)
+        (tmp_path / "f").write_bytes(content)
+        assert delta.hash_and_map(tmp_path / "f") == (hashlib.sha256(content).hexdigest(), n,
+                                                      delta.map_of(memoryview(content)))
