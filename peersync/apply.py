@@ -522,15 +522,18 @@ class Applier:
         if base is None:
             raise Retry(f"the base of the delta for {m['path']} is not here",
                         "the whole file is asked for from the peers that have it", need=m["hash"])
-        with open(base, "rb") as src, open(tmp, "xb") as out:
+        src = os.open(base, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             try:
-                delta.build(src, m["ops"], data, out)
+                digest, size, chunk_map = delta.rebuild(src, m["ops"], data, out, self.index.chunk_map(m["base"]))
             except ValueError as exc:
                 raise Retry(f"the delta for {m['path']} does not fit its base ({exc})",
                             "the whole file is asked for from the peers that have it", need=m["hash"]) from exc
-            out.flush()
-            os.fsync(out.fileno())
-        digest, size, chunk_map = delta.hash_and_map(tmp)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
         if digest != m["hash"]:
             raise Retry(f"the delta for {m['path']} did not rebuild its content",
                         "the whole file is asked for from the peers that have it", need=m["hash"])

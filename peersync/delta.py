@@ -17,8 +17,8 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 from fastcdc.fastcdc_cy import fastcdc_cy
 
@@ -33,8 +33,9 @@ def _digest(view: memoryview) -> bytes:
 
 
 def hash_and_map(path: Path) -> tuple[str, int, bytes]:
-    """SHA-256 hex digest, size and packed chunk map of a file; the SHA-256 runs in a second
-    thread over the same mapping (hashlib lets go of the interpreter lock)."""
+    """SHA-256 hex digest, size and packed chunk map of a file, on two cores: a second thread runs the
+    SHA-256 while this one finds the cuts, then both digest chunks, from either end (hashlib and
+    fastcdc let go of the interpreter lock)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
@@ -43,15 +44,45 @@ def hash_and_map(path: Path) -> tuple[str, int, bytes]:
             view = memoryview(mm)
             try:
                 whole = hashlib.sha256()
-                worker = threading.Thread(target=whole.update, args=(view,))
+                cuts: list[tuple[int, int]] = []
+                digests: list[bytes] = []
+                lock = threading.Lock()
+                ready = threading.Event()
+                ends = [0, 0]  # chunks digested from the front, from the back
+
+                def take(front: bool) -> int | None:
+                    with lock:
+                        if ends[0] + ends[1] >= len(cuts):
+                            return None
+                        if front:
+                            ends[0] += 1
+                            return ends[0] - 1
+                        ends[1] += 1
+                        return len(cuts) - ends[1]
+
+                def work(front: bool) -> None:
+                    while (i := take(front)) is not None:
+                        offset, length = cuts[i]
+                        digests[i] = _digest(view[offset:offset + length])
+
+                def second() -> None:
+                    whole.update(view)
+                    ready.wait()
+                    work(False)
+
+                worker = threading.Thread(target=second)
                 worker.start()
                 try:
-                    out = bytearray()
-                    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
-                        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
+                    cuts.extend((c.offset, c.length) for c in fastcdc_cy(view, avg_size=AVG_CHUNK))
+                    digests.extend(b"" for _ in cuts)
+                finally:
+                    ready.set()
+                try:
+                    work(True)
                 finally:
                     worker.join()
-                return whole.hexdigest(), len(view), bytes(out)
+                out = b"".join(_ENTRY.pack(length, d) for (_, length), d in zip(cuts, digests))
+                return whole.hexdigest(), len(view), out
             finally:
                 view.release()
 
@@ -125,20 +156,137 @@ def check_ops(ops: object, base_size: int, size: int, data_len: int) -> None:
         raise ValueError("delta does not add up to the size")
 
 
-def build(base: BinaryIO, ops: Ops, data: bytes, out: BinaryIO, block: int = 1024 * 1024) -> None:
-    """Write the new content to ``out`` from ``base`` and the literal ``data``; a base shorter than
-    a copy asks for raises ValueError."""
-    pos = 0
-    for op in ops:
-        if len(op) == 1:
-            out.write(data[pos:pos + op[0]])
-            pos += op[0]
-            continue
-        base.seek(op[0])
-        left = op[1]
-        while left:
-            piece = base.read(min(block, left))
+MIN_CHUNK, MAX_CHUNK = AVG_CHUNK // 4, AVG_CHUNK * 8  # fastcdc's defaults for AVG_CHUNK
+_SEGMENT = 32 * 1024 * 1024  # hashed and written back per step while rebuilding
+_SYNC_EVERY = 128 * 1024 * 1024  # flushed to disk behind the writer, so the final fsync finds little to do
+
+
+def _copy(src: int, dst: int, offset: int, length: int, at: int) -> None:
+    """Copy ``length`` bytes of ``src`` from ``offset`` to ``dst`` at ``at``: in the kernel where it can,
+    else through a buffer."""
+    while length:
+        n = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                n = os.copy_file_range(src, dst, length, offset, at)
+            except OSError:
+                n = 0  # another filesystem, or none of the kernel's: read and write instead
+        if not n:
+            piece = os.pread(src, min(length, 1024 * 1024), offset)
             if not piece:
                 raise ValueError("the base is shorter than the delta says")
-            out.write(piece)
-            left -= len(piece)
+            n = os.pwrite(dst, piece, at)
+        offset += n
+        at += n
+        length -= n
+
+
+def rebuild(base: int, ops: Ops, data: bytes, out: int, base_map: bytes | None) -> tuple[str, int, bytes]:
+    """Write the content ``ops`` describe to the empty file ``out`` (opened for reading and writing) from
+    the file ``base`` and the literal ``data``, fsync it; return its SHA-256 hex digest, size and chunk
+    map. The digest is of what was written, read back from the page cache segment by segment while
+    later segments are written; the map is derived from ``base_map`` (see ``derive_map``). A base
+    shorter than a copy asks for raises ValueError."""
+    size = sum(op[-1] for op in ops)
+    base_size = os.fstat(base).st_size
+    if any(len(op) == 2 and op[0] + op[1] > base_size for op in ops):
+        raise ValueError("the base is shorter than the delta says")
+    if size == 0:
+        os.fsync(out)
+        return hashlib.sha256(b"").hexdigest(), 0, b""
+    os.ftruncate(out, size)
+    whole = hashlib.sha256()
+    with mmap.mmap(out, size, access=mmap.ACCESS_READ) as mm, \
+            ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
+        view = memoryview(mm)
+        try:
+            pending = []
+            at = pos = hashed = synced = 0
+
+            def written(n: int) -> None:
+                nonlocal at, hashed, synced
+                at += n
+                if at - hashed >= _SEGMENT:
+                    pending.append(hasher.submit(whole.update, view[hashed:at]))
+                    hashed = at
+                if at - synced >= _SYNC_EVERY:
+                    pending.append(syncer.submit(getattr(os, "fdatasync", os.fsync), out))
+                    synced = at
+
+            for op in ops:
+                if len(op) == 1:
+                    piece = data[pos:pos + op[0]]
+                    pos += op[0]
+                    done = 0
+                    while done < len(piece):
+                        done += os.pwrite(out, piece[done:], at + done)
+                    written(len(piece))
+                    continue
+                offset, left = op
+                while left:
+                    n = min(left, _SEGMENT - (at - hashed))
+                    _copy(base, out, offset, n, at)
+                    offset += n
+                    left -= n
+                    written(n)
+            if hashed < at:
+                pending.append(hasher.submit(whole.update, view[hashed:at]))
+            if base_map is not None and sum(n for _, n, _ in chunks(base_map)) == base_size:
+                chunk_map = derive_map(base_map, base_size, ops, view)
+            else:  # no map of this base (or not of this size): chunk the whole content
+                chunk_map = map_of(view)
+            for f in pending:
+                f.result()
+            os.fsync(out)
+            return whole.hexdigest(), size, chunk_map
+        finally:
+            view.release()
+
+
+def map_of(view: memoryview) -> bytes:
+    """The packed chunk map of some content."""
+    out = bytearray()
+    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
+        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
+    return bytes(out)
+
+
+def derive_map(base_map: bytes, base_size: int, ops: Ops, new: memoryview) -> bytes:
+    """The chunk map of the content ``new`` that ``ops`` built from a base whose map is ``base_map``,
+    exactly as ``map_of(new)`` would give it, chunking anew only around the literals.
+
+    fastcdc cuts a chunk starting at ``p`` by looking only at ``new[p:p + min(MAX_CHUNK, rest)]``:
+    the cut comes where a rolling hash of the bytes from ``p + MIN_CHUNK`` on matches, else at
+    MAX_CHUNK, else at the end. So a base chunk ``[q, q + length)`` is also the new content's chunk
+    at ``p`` when ``p`` is a cut, one copy op maps ``[p, p + length)`` onto it, and it did not end
+    only because the base ended (or the new content ends there as well)."""
+    starts: dict[int, tuple[int, bytes]] = {}
+    for offset, length, digest in chunks(base_map):
+        starts[offset] = (length, digest)
+    # (new start, new end, base offset or -1 for literals), in order
+    spans: list[tuple[int, int, int]] = []
+    at = 0
+    for op in ops:
+        spans.append((at, at + op[-1], op[0] if len(op) == 2 else -1))
+        at += op[-1]
+    size = len(new)
+    out = bytearray()
+    p = k = 0
+    while p < size:
+        while spans[k][1] <= p:
+            k += 1
+        start, end, boff = spans[k]
+        if boff >= 0:
+            q = boff + p - start
+            hit = starts.get(q)
+            if hit is not None:
+                length, digest = hit
+                if p + length <= end and (q + length < base_size or length == MAX_CHUNK or p + length == size):
+                    out += _ENTRY.pack(length, digest)
+                    p += length
+                    continue
+        window = new[p:p + min(MAX_CHUNK, size - p)]
+        length = next(iter(fastcdc_cy(window, avg_size=AVG_CHUNK))).length
+        out += _ENTRY.pack(length, _digest(new[p:p + length]))
+        p += length
+    return bytes(out)

@@ -173,6 +173,84 @@ def test_plan_rebuilds_an_insertion(tmp_path: Path) -> None:
     data = delta.literal_bytes(tmp_path / "new", literals)
     assert len(data) < MIB // 2
     delta.check_ops(ops, len(base), len(new), len(data))
-    with open(tmp_path / "base", "rb") as src, open(tmp_path / "out", "wb") as out:
-        delta.build(src, ops, data, out)
+    assert _rebuild(tmp_path, base, ops, data, base_map)[1:] == (len(new), new_map)
     assert (tmp_path / "out").read_bytes() == new
+
+
+def _rebuild(tmp_path: Path, base: bytes, ops: list, data: bytes, base_map: bytes | None):  # type: ignore[no-untyped-def,type-arg]
+    (tmp_path / "base").write_bytes(base)
+    out_path = tmp_path / "out"
+    out_path.unlink(missing_ok=True)
+    src = os.open(tmp_path / "base", os.O_RDONLY)
+    out = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        return delta.rebuild(src, ops, data, out, base_map)
+    finally:
+        os.close(src)
+        os.close(out)
+
+
+def _edits(rng: random.Random, base: bytes) -> list[bytes]:
+    """Overwrites, insertions, deletions, at the start, the middle and the end, and appends."""
+    n = len(base)
+    junk = rng.randbytes
+    return [
+        base[:n // 2] + junk(MIB) + base[n // 2 + MIB:],
+        base[:3 * MIB] + junk(70_000) + base[3 * MIB:],
+        base[:5 * MIB + 17] + base[5 * MIB + 300_017:],
+        junk(5) + base,
+        base[:-1],
+        base[:-200_000] + junk(100),
+        base + junk(9),
+        base + base[:MIB],
+        base[:MIB] + base[2 * MIB:3 * MIB] + junk(40_000) + base[MIB:2 * MIB],
+        junk(1000),
+    ]
+
+
+def test_a_rebuilt_files_derived_chunk_map_is_the_map_of_the_whole_file(tmp_path: Path) -> None:
+    """The receiver derives the new content's chunk map from the base's, chunking only around the
+    literals; a later delta is planned against it, so it must be exactly what chunking the whole
+    rebuilt file gives: every edit shape, including ones that end at the base's last (short) chunk."""
+    rng = random.Random(7)
+    base = rng.randbytes(8 * MIB)
+    (tmp_path / "b").write_bytes(base)
+    _, _, base_map = delta.hash_and_map(tmp_path / "b")
+    for new in _edits(rng, base):
+        (tmp_path / "n").write_bytes(new)
+        digest, size, new_map = delta.hash_and_map(tmp_path / "n")
+        ops, literals = delta.plan(base_map, new_map)
+        data = delta.literal_bytes(tmp_path / "n", literals)
+        assert _rebuild(tmp_path, base, ops, data, base_map) == (digest, size, new_map)
+        assert (tmp_path / "out").read_bytes() == new
+        assert _rebuild(tmp_path, base, ops, data, None) == (digest, size, new_map)
+
+
+def test_a_derived_chunk_map_holds_for_ops_no_planner_would_write(tmp_path: Path) -> None:
+    """Copies from offsets that are not cuts of the base, out of order, split in two: still exact."""
+    rng = random.Random(8)
+    base = rng.randbytes(4 * MIB)
+    (tmp_path / "b").write_bytes(base)
+    _, _, base_map = delta.hash_and_map(tmp_path / "b")
+    ops = [[1234, MIB], [2 * MIB, 777_000], [2 * MIB + 777_000, MIB], [5], [0, 4 * MIB], [3 * MIB, MIB]]
+    new = (base[1234:1234 + MIB] + base[2 * MIB:2 * MIB + 777_000 + MIB] + b"hello" + base + base[3 * MIB:])
+    (tmp_path / "n").write_bytes(new)
+    expected = delta.hash_and_map(tmp_path / "n")
+    assert _rebuild(tmp_path, base, ops, b"hello", base_map) == expected
+    assert (tmp_path / "out").read_bytes() == new
+
+
+def test_rebuild_refuses_a_base_shorter_than_its_copies(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        _rebuild(tmp_path, b"x" * 100, [[50, 51]], b"", None)
+
+
+def test_the_two_thread_scan_map_is_the_plain_map(tmp_path: Path) -> None:
+    """hash_and_map digests chunks from both ends in two threads; the map must not depend on that."""
+    import hashlib
+    rng = random.Random(9)
+    for n in (1, 20_000, 600_000, 5 * MIB + 3):
+        content = rng.randbytes(n)
+        (tmp_path / "f").write_bytes(content)
+        assert delta.hash_and_map(tmp_path / "f") == (hashlib.sha256(content).hexdigest(), n,
+                                                      delta.map_of(memoryview(content)))
