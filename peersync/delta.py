@@ -15,10 +15,10 @@ import hashlib
 import mmap
 import os
 import struct
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from fastcdc.fastcdc_cy import fastcdc_cy
 
@@ -32,59 +32,57 @@ def _digest(view: memoryview) -> bytes:
     return hashlib.sha1(view, usedforsecurity=False).digest()[:8]
 
 
-def hash_and_map(path: Path) -> tuple[str, int, bytes]:
-    """SHA-256 hex digest, size and packed chunk map of a file, on two cores: a second thread runs the
-    SHA-256 while this one finds the cuts, then both digest chunks, from either end (hashlib and
-    fastcdc let go of the interpreter lock)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return hashlib.sha256(b"").hexdigest(), 0, b""
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
+def hash_and_map(path: Path, window: int = 0) -> tuple[str, int, bytes]:
+    """SHA-256 hex digest, size and packed chunk map of a file, reading it once in windows so memory stays
+    a window whatever the file's size. A second thread runs the SHA-256 of each window while this one
+    finds the cuts and digests the chunks (hashlib and fastcdc let go of the interpreter lock).
+
+    Chunks are cut window by window: fastcdc decides a cut at ``p`` from ``p .. p + MAX_CHUNK`` only
+    (see ``derive_map``), so a cut whose chunk starts at least MAX_CHUNK before the end of what was read
+    is final; the rest is carried into the next window. The map is that of the whole file."""
+    window = window or _WINDOW
+    if window <= MAX_CHUNK:
+        raise ValueError("a window must hold more than the largest chunk")
+    whole = hashlib.sha256()
+    out = bytearray()
+    size = 0
+    carry = b""
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as hasher:
+        hashing = None
+        while True:
+            block = _read_full(f, window - len(carry))
+            last = len(block) < window - len(carry)  # a short read: the end of the file
+            if hashing is not None:
+                hashing.result()
+            if block:
+                hashing = hasher.submit(whole.update, block)
+                size += len(block)
+            buf = carry + block if carry else block
+            view = memoryview(buf)
             try:
-                whole = hashlib.sha256()
-                cuts: list[tuple[int, int]] = []
-                digests: list[bytes] = []
-                lock = threading.Lock()
-                ready = threading.Event()
-                ends = [0, 0]  # chunks digested from the front, from the back
-
-                def take(front: bool) -> int | None:
-                    with lock:
-                        if ends[0] + ends[1] >= len(cuts):
-                            return None
-                        if front:
-                            ends[0] += 1
-                            return ends[0] - 1
-                        ends[1] += 1
-                        return len(cuts) - ends[1]
-
-                def work(front: bool) -> None:
-                    while (i := take(front)) is not None:
-                        offset, length = cuts[i]
-                        digests[i] = _digest(view[offset:offset + length])
-
-                def second() -> None:
-                    whole.update(view)
-                    ready.wait()
-                    work(False)
-
-                worker = threading.Thread(target=second)
-                worker.start()
-                try:
-                    cuts.extend((c.offset, c.length) for c in fastcdc_cy(view, avg_size=AVG_CHUNK))
-                    digests.extend(b"" for _ in cuts)
-                finally:
-                    ready.set()
-                try:
-                    work(True)
-                finally:
-                    worker.join()
-                out = b"".join(_ENTRY.pack(length, d) for (_, length), d in zip(cuts, digests))
-                return whole.hexdigest(), len(view), out
+                start = 0
+                if buf:
+                    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
+                        if not last and c.offset + MAX_CHUNK > len(buf):
+                            break  # not final yet: it may end elsewhere once more is read
+                        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
+                        start = c.offset + c.length
+                carry = bytes(view[start:])
             finally:
                 view.release()
+            if last:
+                break
+        if hashing is not None:
+            hashing.result()
+    return whole.hexdigest(), size, bytes(out)
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    parts = []
+    while n > 0 and (piece := f.read(n)):
+        parts.append(piece)
+        n -= len(piece)
+    return b"".join(parts)
 
 
 def chunks(packed: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -158,6 +156,7 @@ def check_ops(ops: object, base_size: int, size: int, data_len: int) -> None:
 
 MIN_CHUNK, MAX_CHUNK = AVG_CHUNK // 4, AVG_CHUNK * 8  # fastcdc's defaults for AVG_CHUNK
 _SEGMENT = 32 * 1024 * 1024  # hashed and written back per step while rebuilding
+_WINDOW = 16 * 1024 * 1024  # read at a time when hashing and chunking a file
 _SYNC_EVERY = 128 * 1024 * 1024  # flushed to disk behind the writer, so the final fsync finds little to do
 
 
@@ -203,11 +202,15 @@ def rebuild(base: int, ops: Ops, data: bytes, out: int, base_map: bytes | None) 
             pending = []
             at = pos = hashed = synced = 0
 
+            def hash_segment(start: int, end: int) -> None:
+                whole.update(view[start:end])
+                _release(mm, start, end)  # hashed: its pages need not count in this process's memory
+
             def written(n: int) -> None:
                 nonlocal at, hashed, synced
                 at += n
                 if at - hashed >= _SEGMENT:
-                    pending.append(hasher.submit(whole.update, view[hashed:at]))
+                    pending.append(hasher.submit(hash_segment, hashed, at))
                     hashed = at
                 if at - synced >= _SYNC_EVERY:
                     pending.append(syncer.submit(getattr(os, "fdatasync", os.fsync), out))
@@ -230,7 +233,7 @@ def rebuild(base: int, ops: Ops, data: bytes, out: int, base_map: bytes | None) 
                     left -= n
                     written(n)
             if hashed < at:
-                pending.append(hasher.submit(whole.update, view[hashed:at]))
+                pending.append(hasher.submit(hash_segment, hashed, at))
             if base_map is not None and sum(n for _, n, _ in chunks(base_map)) == base_size:
                 chunk_map = derive_map(base_map, base_size, ops, view)
             else:  # no map of this base (or not of this size): chunk the whole content
@@ -241,6 +244,17 @@ def rebuild(base: int, ops: Ops, data: bytes, out: int, base_map: bytes | None) 
             return whole.hexdigest(), size, chunk_map
         finally:
             view.release()
+
+
+def _release(mm: mmap.mmap, start: int, end: int) -> None:
+    """Let go of a read range of a file mapping (Linux and macOS): the pages stay in the page cache,
+    and are read again from there if the range is looked at later."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not hasattr(mm, "madvise"):
+        return
+    start -= start % mmap.PAGESIZE
+    if end > start:
+        mm.madvise(advice, start, end - start)
 
 
 def map_of(view: memoryview) -> bytes:

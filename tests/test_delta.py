@@ -245,12 +245,14 @@ def test_rebuild_refuses_a_base_shorter_than_its_copies(tmp_path: Path) -> None:
         _rebuild(tmp_path, b"x" * 100, [[50, 51]], b"", None)
 
 
-def test_the_two_thread_scan_map_is_the_plain_map(tmp_path: Path) -> None:
-    """hash_and_map digests chunks from both ends in two threads; the map must not depend on that."""
+def test_the_windowed_scan_map_is_the_plain_map(tmp_path: Path) -> None:
+    """hash_and_map reads a file in windows (memory stays a window whatever the file's size) and cuts
+    chunks window by window; the map must be the whole content's, wherever the windows end."""
     import hashlib
     rng = random.Random(9)
-    for n in (1, 20_000, 600_000, 5 * MIB + 3):
+    for n in (0, 1, 20_000, 600_000, 5 * MIB + 3):
         content = rng.randbytes(n)
         (tmp_path / "f").write_bytes(content)
-        assert delta.hash_and_map(tmp_path / "f") == (hashlib.sha256(content).hexdigest(), n,
-                                                      delta.map_of(memoryview(content)))
+        expected = (hashlib.sha256(content).hexdigest(), n, delta.map_of(memoryview(content)) if n else b"")
+        for window in (delta.MAX_CHUNK + 1, MIB, 3 * MIB + 17, 0):
+            assert delta.hash_and_map(tmp_path / "f", window) == expected, (n, window)
