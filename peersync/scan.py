@@ -249,15 +249,15 @@ class Scanner:
     def _deletions(self, known: dict[str, tuple[str, bool, int, int, int, int]], seen: set[str],
                    skipped_dirs: list[str], allow_deletes: bool, result: ScanResult,
                    ignored_inodes: set[int] = frozenset()) -> None:  # type: ignore[assignment]
-        gone = {  # rows indexed, not unpacked: this runs over every path of the store
-            p for p, row in known.items()
-            if not row[1] and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
-            and not self.ignore.ignored(p, row[0] == "dir")
+        gone = {
+            p for p, (kind, deleted, *_rest) in known.items()
+            if not deleted and p not in seen and not any(p.startswith(s) for s in skipped_dirs)
+            and not self.ignore.ignored(p, kind == "dir")
         }
         moved_aside = {p for p in gone if known[p][0] == "file" and known[p][4] in ignored_inodes}
         result.deferred_deletes += len(moved_aside)
         gone -= moved_aside
-        result.live_files = sum(1 for row in known.values() if row[0] == "file" and not row[1])
+        result.live_files = sum(1 for kind, deleted, *_ in known.values() if kind == "file" and not deleted)
         # A held deletion stays held, cycle after cycle, until it is confirmed or the files are back:
         # files added meanwhile must not dilute the share and release it by themselves.
         held = set(json.loads(self.index.get_meta("held_deletes") or "[]")) & gone
