@@ -5,7 +5,8 @@
   acknowledged it and a complete snapshot covers it, so a peer that joins
   later, or returns after months, can still catch up.
 - A snapshot is this peer's whole state (every path, content included),
-  written as bundle-format parts and then a manifest that lists the parts'
+  written once the relay bytes it lets go reach ``snapshot_ratio`` copies of
+  the store, as bundle-format parts and then a manifest that lists the parts'
   hashes and the sequence it had applied from every author. It is written
   by one peer at a time: the one with the smallest id among those recently
   seen. A snapshot that a newer one covers is deleted by its writer.
@@ -220,7 +221,21 @@ class Compactor:
                         pass
         if pile < int(self.e.settings["snapshot_min_bytes"]):
             return False  # the usual answer, without summing every file's size
-        return pile >= int(self._store_bytes() * 0.1)
+        # A snapshot copies the whole store into the relay. It is worth that upload only once the
+        # bytes it lets go (that pile, and the snapshots it supersedes) reach `snapshot_ratio` copies
+        # of the store: a first full transfer is not uploaded a second time at once, and each byte
+        # of change costs at most about one more byte of snapshot.
+        superseded = sum(self._snapshot_bytes(author) for author in set(roster) | {me})
+        return pile + superseded >= float(self.e.settings["snapshot_ratio"]) * self._store_bytes()
+
+    def _snapshot_bytes(self, author: str) -> int:
+        total = 0
+        for folder in self.e.relay.list_snapshots(author).values():
+            try:
+                total += sum(f.stat().st_size for f in folder.iterdir())
+            except OSError:
+                pass
+        return total
 
     def _store_bytes(self) -> int:
         row = self.e.index.db.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted=0").fetchone()

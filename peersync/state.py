@@ -49,8 +49,12 @@ DEFAULTS: dict[str, Any] = {
     # new version of one is sent as a delta against the previous one (0: never).
     "delta_min_bytes": 8 * 1024 * 1024,
     # A snapshot is written once bundles that every peer has applied, but no snapshot
-    # covers, reach this many bytes (or a tenth of the store); then those bundles go.
+    # covers, reach this many bytes...
     "snapshot_min_bytes": 8 * 1024 * 1024,
+    # ...and, with the snapshots it supersedes, this many times the store's size; then
+    # those bundles go. The relay holds at most about this many copies of the store, and
+    # a snapshot (a full copy) is uploaded only when it frees more than it writes.
+    "snapshot_ratio": 2.0,
     # A peer silent for longer than this no longer holds back the removal of bundles it has
     # not applied; when it comes back it catches up from a snapshot (30 days).
     "silent_peer_seconds": 30 * 24 * 3600,

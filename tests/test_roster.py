@@ -96,8 +96,9 @@ def test_remove_refuses_what_it_cannot_do(make_peers):
 def test_a_removed_peer_does_not_hold_back_compaction(make_peers):
     """A lost laptop never acknowledges anything again; the relay must still shrink."""
     alice, bob, lost = make_peers(3)
-    for p in (alice, bob):
+    for p in (alice, bob):  # snapshots as soon as a little has piled up, in a store that only grows
         p.cli("config", "snapshot_min_bytes", "1000", check=0)
+        p.cli("config", "snapshot_ratio", "0.1", check=0)
     _sync_all(alice, bob, lost)
     alice.cli("peers", "remove", _peer_id(lost), "--yes", check=0)
     for i in range(6):
