@@ -188,10 +188,15 @@ class Applier:
         self.conflicts = 0
         self._queue: list[_Queued] = []
         self._queued_keys: set[str] = set()  # case keys of the queued paths
+        # Folders (relative) found to exist, with no link on the way, while applying this bundle:
+        # their files skip the per-component lstat and the mkdir. Forgotten whenever this peer
+        # deletes something or removes a folder, and at the start of every bundle.
+        self._real_dirs: set[str] = set()
 
     # -- records from a bundle ------------------------------------------------
 
     def apply_records(self, author: str, records: list[Record], stop: StopCheck = never) -> None:
+        self._real_dirs.clear()
         try:
             for rec in records:
                 if stop():
@@ -246,6 +251,7 @@ class Applier:
 
     def _keep_for_later(self, m: dict[str, Any], data: bytes | Path | None, exc: Retry) -> None:
         path = m["path"]
+        log.info("%s is kept for a later attempt: %s", path, exc.message)
         if m.get("content") == "delta":  # literals alone are no content to keep: the whole file is asked for
             m = {k: v for k, v in m.items() if k not in ("base", "base_size", "ops")}
             m["content"] = "ref"
@@ -323,6 +329,7 @@ class Applier:
             self._run(meta, Path(staged))
 
     def retry_pending(self) -> None:
+        self._real_dirs.clear()
         for path, meta, staged, reason, _first, attempts in self.index.pending():
             if attempts >= 3 and "does not match its hash" in reason and meta["op"] == "put":
                 # Third failure with content that will not verify: drop it and fetch it again.
@@ -353,11 +360,11 @@ class Applier:
     # -- deciding -------------------------------------------------------------
 
     def apply(self, remote: Entry, m: dict[str, Any], data: bytes | Path | None) -> None:
-        if not paths.inside_without_links(self.root, remote.path):
+        if not self._link_free(remote.path):
             raise Skip(f"{remote.path} lies under a symbolic link; peersync never reads or writes through one",
                        "replace the link with a real folder")
         try:
-            local = self.scanner.refresh(remote.path)
+            local = self.scanner.refresh(remote.path, links_checked=True)
         except PathError:
             raise
         except OSError as exc:
@@ -432,7 +439,7 @@ class Applier:
     def _enact(self, local: Entry | None, remote: Entry, m: dict[str, Any], data: bytes | Path | None,
                siblings: list[Entry], keep_local_as_conflict: bool = False) -> None:
         """Put ``remote`` on disk; ``siblings`` are the path's other current versions once it is there."""
-        if not paths.inside_without_links(self.root, remote.path):
+        if not self._link_free(remote.path):
             raise Skip(f"{remote.path} lies under a symbolic link; peersync never writes through one",
                        "replace the link with a real folder")
         target = paths.join(self.root, remote.path)
@@ -452,7 +459,15 @@ class Applier:
             raise Skip(f"{remote.path} and {clash} differ only in letter case, which a Windows or macOS "
                        f"disk cannot hold apart", "rename one of them on the peer that made it")
 
+    def _link_free(self, rel: str) -> bool:
+        """``paths.inside_without_links``, remembered per folder for the bundle being applied."""
+        return rel.rpartition("/")[0] in self._real_dirs or paths.inside_without_links(self.root, rel)
+
     def _parent_ready(self, target: Path, rel: str) -> None:
+        """Make the folder of ``rel`` (checked link-free by the caller) exist."""
+        folder = rel.rpartition("/")[0]
+        if folder in self._real_dirs:
+            return
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -464,6 +479,7 @@ class Applier:
                         "rename or move that file") from exc
         except OSError as exc:
             raise self._os_retry(rel, exc) from exc
+        self._real_dirs.add(folder)
 
     def _os_retry(self, rel: str, exc: OSError) -> Retry:
         if fsutil.is_disk_full(exc):
@@ -563,6 +579,7 @@ class Applier:
              target: Path, siblings: list[Entry], keep_local_as_conflict: bool) -> None:
         self._check_case(remote, local)
         if local is not None and local.live and local.kind == "dir":
+            self._real_dirs.clear()
             try:
                 target.rmdir()
             except OSError as exc:
@@ -703,6 +720,7 @@ class Applier:
         record = Entry(remote.path, remote.kind, True, remote.hash, remote.size, remote.mtime_ns, remote.mode, 0,
                        remote.vector, remote.modified_by, 0)
         if local is not None and local.live:
+            self._real_dirs.clear()
             try:
                 st = os.stat(target, follow_symlinks=False)
             except FileNotFoundError:

@@ -149,17 +149,19 @@ class Scanner:
         self._new_version(entry, path=entry.path, kind=entry.kind, deleted=True, hash=entry.hash,
                           size=entry.size, mtime_ns=entry.mtime_ns, mode=entry.mode)
 
-    def refresh(self, rel: str) -> Entry | None:
-        """Bring one path's index row up to date with the disk (the check before an apply)."""
+    def refresh(self, rel: str, links_checked: bool = False) -> Entry | None:
+        """Bring one path's index row up to date with the disk (the check before an apply).
+        ``links_checked``: the caller has just found no link among the folders of ``rel``."""
         abspath = paths.join(self.root, rel)
         entry = self.index.get(rel)
-        if not paths.inside_without_links(self.root, rel):
+        if not links_checked and not paths.inside_without_links(self.root, rel):
             return entry  # under a symbolic link: outside the store, never looked at
         try:
             st = os.stat(abspath, follow_symlinks=False)
         except FileNotFoundError:
-            if entry and entry.live:
-                self._tombstone(entry)
+            if not (entry and entry.live):
+                return entry
+            self._tombstone(entry)
             return self.index.get(rel)
         except NotADirectoryError:
             return entry

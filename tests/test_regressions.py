@@ -170,3 +170,32 @@ def test_a_scan_error_counts_its_failed_cycles_and_keeps_when_it_started(peers):
     (alice.store / "CON.txt").rename(alice.store / "CON-renamed.txt")
     alice.sync()
     assert "no errors" in alice.cli("errors", check=0).out
+
+
+def test_a_folder_removed_and_made_again_within_one_bundle(peers):
+    """Applying a bundle remembers which folders it found real (no link, present) so their files skip
+    the checks. One bundle can remove such a folder and then need it again, or put a file where it
+    stood: every later record must find the disk as it is, not as it was remembered."""
+    import forge
+
+    alice, bob = peers
+    a = forge.peer_id(alice)
+    d1, x1 = forge.clock(), forge.clock()
+    forge.forge_bundle(alice, [
+        forge.mkdir(a, "d", vector={a: d1}),
+        forge.mkdir(a, "x", vector={a: x1}),
+        forge.put(a, "d/a.txt", "first"),
+        forge.put(a, "x/y.txt", "inside x"),
+        forge.delete(a, "d/a.txt"),
+        forge.delete(a, "d", kind="dir", vector={a: forge.clock()}),
+        forge.put(a, "d/b.txt", "second"),
+        forge.delete(a, "x/y.txt"),
+        forge.delete(a, "x", kind="dir", vector={a: forge.clock()}),
+        forge.put(a, "x", "x is a file now", vector={a: forge.clock()}),
+    ])
+    bob.sync()
+    got = tree(bob.store)
+    assert got.get("d/b.txt") == b"second" and "d/a.txt" not in got
+    # Not even a first attempt failed (a retry later in the cycle would hide it from the tree).
+    assert "kept for a later attempt" not in (bob.home / "logs" / "peersync.log").read_text()
+    assert got.get("x") == b"x is a file now" and "x/y.txt" not in got
