@@ -149,6 +149,7 @@ class _Queued:
     local: Entry | None
     new: Entry
     tmp: Path
+    target: Path
     siblings: list[Entry]
 
 
@@ -187,6 +188,9 @@ class Applier:
         self.applied_ops = 0
         self.conflicts = 0
         self._queue: list[_Queued] = []
+        # Folders made on disk whose rows wait for the batch's last commit (one commit, not one each;
+        # a folder a crash leaves without its row is found by the next scan).
+        self._dir_rows: list[tuple[Entry, list[Entry]]] = []
         self._queued_keys: set[str] = set()  # case keys of the queued paths
         # Folders (relative) found to exist, with no link on the way, while applying this bundle:
         # their files skip the per-component lstat and the mkdir. Forgotten whenever this peer
@@ -498,11 +502,15 @@ class Applier:
             digest = hashlib.sha256(data).hexdigest()
             if digest != m["hash"]:
                 return digest, None  # never written: the caller reports the mismatch
-            with open(tmp, "xb") as f:
-                f.write(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             return digest, None
         if isinstance(data, Path):
             try:
@@ -611,7 +619,7 @@ class Applier:
                         st.st_ino, remote.vector, remote.modified_by, 0)
             if queue:
                 assert isinstance(data, bytes)
-                self._queue.append(_Queued(m, data, local, new, tmp, siblings))
+                self._queue.append(_Queued(m, data, local, new, tmp, target, siblings))
                 self._queued_keys.add(paths.case_key(remote.path))
                 queued = True
                 if len(self._queue) >= QUEUE_MAX:
@@ -664,10 +672,15 @@ class Applier:
     def flush(self) -> None:
         """Put the queued files in place: make their content durable at once, record the intents in one
         commit, rename them all, make the renames durable, and record the outcome in one commit.
-        Crash safety is that of a single put (intents before renames), with two commits per batch."""
+        Crash safety is that of a single put (intents before renames), with two commits per batch.
+        The rows of folders made meanwhile go in the last commit."""
         queue, self._queue = self._queue, []
+        dir_rows, self._dir_rows = self._dir_rows, []
         self._queued_keys.clear()
         if not queue:
+            if dir_rows:
+                with self.index.tx():
+                    self._record_dirs(dir_rows)
             return
         try:
             fsutil.sync_files([q.tmp for q in queue])
@@ -678,19 +691,20 @@ class Applier:
             for q in queue:
                 q.tmp.unlink(missing_ok=True)
                 self._keep_for_later(q.m, q.data, self._os_retry(q.new.path, exc))
+            self._dir_rows = dir_rows + self._dir_rows  # recorded with the next batch
             return
         done: list[_Queued] = []
         failed: list[tuple[_Queued, Retry]] = []
         for q in queue:
-            target = paths.join(self.root, q.new.path)
             try:
-                self._replace(q.local, q.new, q.tmp, target, keep_local_as_conflict=False)
+                self._replace(q.local, q.new, q.tmp, q.target, keep_local_as_conflict=False)
                 done.append(q)
             except Retry as exc:
                 q.tmp.unlink(missing_ok=True)
                 failed.append((q, exc))
-        fsutil.sync_folders({paths.join(self.root, q.new.path).parent for q in done})
+        fsutil.sync_folders({q.target.parent for q in done})
         with self.index.tx():
+            self._record_dirs(dir_rows)
             for q in done:
                 self._record_put(q.new, q.siblings, None)
             for q, _ in failed:
@@ -698,10 +712,16 @@ class Applier:
         for q, why in failed:
             self._keep_for_later(q.m, q.data, why)
 
+    def _record_dirs(self, rows: list[tuple[Entry, list[Entry]]]) -> None:
+        for row, siblings in rows:
+            self.index.put(row)
+            self.index.set_siblings(row.path, siblings)
+
     def _discard_queue(self) -> None:
         for q in self._queue:
             q.tmp.unlink(missing_ok=True)
         self._queue = []
+        self._dir_rows = []  # their folders are on disk: the next scan finds them
         self._queued_keys.clear()
 
     def _conflict_copy(self, local: Entry, target: Path) -> Entry:
@@ -750,9 +770,10 @@ class Applier:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._os_retry(remote.path, exc) from exc
-        with self.index.tx():
-            self.index.put(Entry(remote.path, "dir", False, "", 0, 0, 0o755, 0, remote.vector, remote.modified_by, 0))
-            self.index.set_siblings(remote.path, siblings)
+        self._real_dirs.add(remote.path)
+        row = Entry(remote.path, "dir", False, "", 0, 0, 0o755, 0, remote.vector, remote.modified_by, 0)
+        self._dir_rows.append((row, siblings))
+        self._queued_keys.add(paths.case_key(remote.path))  # a later record of this path flushes first
 
     # -- crash recovery -------------------------------------------------------
 

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import bundle
+from . import bundle, paths
 from .apply import check_record, version_meta
 from .bundle import Record
 from .errors import BadBundle, BundleError, PeersyncError
@@ -261,10 +261,11 @@ class Compactor:
             batch, size = [], 0
 
         _, scanner, _ = e._parts()
+        link_free = paths.LinkCheck(e.cfg.root)
         # Every path's version on disk, with its content; then the concurrent versions that lost, as
         # metadata only (a peer that bootstraps must know them, or its next edit would not supersede them).
         records = itertools.chain(
-            (rec for entry in e.index.entries() for rec in e._records(entry, scanner, {})),
+            (rec for entry in e.index.entries() for rec in e._records(entry, scanner, {}, link_free)),
             (Record(version_meta(sibling, content="ref")) for sibling in e.index.all_siblings()),
         )
         for rec in records:

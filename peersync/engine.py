@@ -521,11 +521,12 @@ class Engine:
             batch, batch_size, answered = [], 0, []
 
         stopped = False
+        link_free = paths.LinkCheck(self.cfg.root)
         try:
             for entry, top, key in todo:
                 if self.should_stop():
                     break
-                records = self._records(entry, scanner, gone_hashes if top else {}, delta_ok=bool(top))
+                records = self._records(entry, scanner, gone_hashes if top else {}, link_free, delta_ok=bool(top))
                 try:
                     for rec in records:
                         if self.should_stop():  # between the parts of a large file
@@ -552,16 +553,17 @@ class Engine:
             with self.index.tx():
                 self.index.set_meta("published_seq", max(batch_top, self.index.meta_int("published_seq")))
 
-    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str],
+    def _records(self, e: Entry, scanner: Scanner, gone_hashes: dict[str, str], link_free: paths.LinkCheck,
                  delta_ok: bool = False) -> Generator[Record, None, None]:
         """The records that send ``e``. ``delta_ok`` only for this peer's own changes: answers to
-        wants and snapshots carry the whole content, never a delta against a base the reader lacks."""
+        wants and snapshots carry the whole content, never a delta against a base the reader lacks.
+        ``link_free`` is the pass's check that no folder on the way is a link."""
         meta = version_meta(e)
         if meta["op"] != "put":
             yield Record(meta)
             return
         source = paths.join(self.cfg.root, e.path)
-        if not paths.inside_without_links(self.cfg.root, e.path):
+        if not link_free(e.path):
             return  # a folder on the way became a symbolic link: never read through it
         if e.hash in gone_hashes:
             yield Record({**meta, "content": "ref", "from": gone_hashes[e.hash]})

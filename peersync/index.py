@@ -144,6 +144,7 @@ class Index:
             self.set_meta("schema", str(SCHEMA_VERSION))
         self._in_tx = False
         self._sibling_cache: set[str] | None = None
+        self._trouble_cache: set[str] | None = None  # paths with a pending operation or an apply error
 
     def _migrate(self) -> None:
         """Columns added since the first release (CREATE TABLE IF NOT EXISTS does not add them)."""
@@ -166,6 +167,7 @@ class Index:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._trouble_cache = None
             raise
         else:
             self.db.execute("COMMIT")
@@ -278,6 +280,8 @@ class Index:
             " VALUES(?,?,?,?,?,?,?)",
             (path, json.dumps(meta), staged, reason, first, attempts, cycle),
         )
+        if self._trouble_cache is not None:
+            self._trouble_cache.add(path)
 
     def pending(self) -> list[tuple[str, dict[str, Any], str, str, float, int]]:
         rows = self.db.execute("SELECT path, meta, staged, reason, first_seen, attempts FROM pending ORDER BY path")
@@ -288,12 +292,15 @@ class Index:
         return None if row is None else dict(json.loads(row[0]))
 
     def has_pending_or_error(self, path: str) -> bool:
-        return bool(self.db.execute(
-            "SELECT 1 FROM pending WHERE path=? UNION ALL SELECT 1 FROM errors WHERE key=? LIMIT 1",
-            (path, f"apply:{path}")).fetchone())
+        """Asked after every applied operation: answered from the (few) such paths, read once a cycle."""
+        if self._trouble_cache is None:
+            self._trouble_cache = {r[0] for r in self.db.execute(
+                "SELECT path FROM pending UNION SELECT substr(key, 7) FROM errors WHERE key LIKE 'apply:%'")}
+        return path in self._trouble_cache
 
     def drop_pending(self, path: str) -> None:
         self.db.execute("DELETE FROM pending WHERE path=?", (path,))
+        self._trouble_cache = None
 
     # -- intents --------------------------------------------------------------
 
@@ -343,6 +350,7 @@ class Index:
     def reload(self) -> None:
         """Forget what is cached: another process may have changed the index (call as a cycle starts)."""
         self._sibling_cache = None
+        self._trouble_cache = None
 
     def all_siblings(self) -> Iterator[Entry]:
         for (text,) in self.db.execute("SELECT entry FROM siblings ORDER BY path, vector"):
@@ -370,12 +378,16 @@ class Index:
                 "UPDATE errors SET message=?, hint=?, last_seen=?, cycles=?, seen_cycle=? WHERE key=?",
                 (message, hint, now, cycles, cycle, key),
             )
+        if self._trouble_cache is not None and key.startswith("apply:"):
+            self._trouble_cache.add(key[len("apply:"):])
 
     def clear_error(self, key: str) -> None:
         self.db.execute("DELETE FROM errors WHERE key=?", (key,))
+        self._trouble_cache = None
 
     def clear_errors(self, prefix: str = "") -> None:
         self.db.execute("DELETE FROM errors WHERE key LIKE ?", (prefix + "%",))
+        self._trouble_cache = None
 
     def errors(self) -> list[dict[str, Any]]:
         cols = ("key", "kind", "subject", "message", "hint", "first_seen", "last_seen", "cycles")

@@ -34,6 +34,7 @@ Decisions a caller must know:
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import unicodedata
@@ -43,6 +44,7 @@ from typing import Any
 from peersync.errors import PathError
 
 __all__ = [
+    "LinkCheck",
     "MAX_NAME_CHARS",
     "MAX_PATH_CHARS",
     "case_key",
@@ -175,15 +177,20 @@ def join(root: Path, rel: str) -> Path:
     The result is checked lexically to be strictly inside ``root``; nothing is
     resolved, because resolving follows symlinks.
     """
-    parts = validate(rel).split("/")
+    parts = tuple(validate(rel).split("/"))
     target = Path(root).joinpath(*parts)
-    root_parts = Path(root).parts
-    if (
-        target.parts[: len(root_parts)] != root_parts
-        or target.parts[len(root_parts) :] != tuple(parts)
-    ):
+    # A component that reset the join (absolute, a drive) or was not one name would change the count
+    # or the tail: equal count and tail mean the head is ``root`` itself.
+    n = _parts_count(os.fspath(root))
+    got = target.parts
+    if len(got) != n + len(parts) or got[n:] != parts:
         raise PathError(rel, "escapes the store root")
     return target
+
+
+@functools.lru_cache(maxsize=64)
+def _parts_count(root: str) -> int:
+    return len(Path(root).parts)
 
 
 def inside_without_links(root: Path, rel: str) -> bool:
@@ -211,6 +218,25 @@ def inside_without_links(root: Path, rel: str) -> bool:
         if _is_redirect(st):
             return False
     return True
+
+
+class LinkCheck:
+    """:func:`inside_without_links` for one pass over a store (a publish, a snapshot), remembered per
+    folder: the files of a folder found free of links cost no further lstat. Only a local program
+    can make a folder a link; the check stays a moment's, as it is for one file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._free: set[str] = set()
+
+    def __call__(self, rel: str) -> bool:
+        folder = rel.rpartition("/")[0]
+        if folder in self._free:
+            return True
+        if not inside_without_links(self.root, rel):
+            return False
+        self._free.add(folder)
+        return True
 
 
 def _is_redirect(st: Any) -> bool:
