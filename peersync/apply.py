@@ -188,9 +188,10 @@ class Applier:
         self.applied_ops = 0
         self.conflicts = 0
         self._queue: list[_Queued] = []
-        # Folders made on disk whose rows wait for the batch's last commit (one commit, not one each;
-        # a folder a crash leaves without its row is found by the next scan).
-        self._dir_rows: list[tuple[Entry, list[Entry]]] = []
+        # Rows (with their siblings) of folders made and of versions adopted, waiting for the batch's
+        # last commit: one commit, not one each. A crash before it leaves a folder the next scan finds,
+        # or a file whose new mtime the next scan takes in (mtime-only changes are not sent).
+        self._rows: list[tuple[Entry, list[Entry]]] = []
         self._queued_keys: set[str] = set()  # case keys of the queued paths
         # Folders (relative) found to exist, with no link on the way, while applying this bundle:
         # their files skip the per-component lstat and the mkdir. Forgotten whenever this peer
@@ -388,11 +389,10 @@ class Applier:
         best = winner(versions)
         rest = [v for v in versions if v is not best]
         if remote in rest:
-            self._keep_losing_content(remote, data)
+            self._keep_losing_content(remote, data, local)
         if best is local:
             if _vectors(rest) != _vectors(siblings):
-                with self.index.tx():
-                    self.index.set_siblings(remote.path, rest)
+                self._later(local, rest)  # the row stands; its siblings change
             return
         if best is not remote and best.vector == remote.vector and best.hash == remote.hash:
             best = remote  # a known version sent again (its content was asked for): take it with its content
@@ -407,10 +407,14 @@ class Applier:
         self.conflicts += keep
         self._enact(local, best, wm, wdata, keep_local_as_conflict=keep, siblings=rest)
 
-    def _keep_losing_content(self, remote: Entry, data: bytes | Path | None) -> None:
+    def _keep_losing_content(self, remote: Entry, data: bytes | Path | None, local: Entry) -> None:
         """Keep a concurrent version that lost in the versions archive: it goes on disk if the
-        version that beat it is superseded later by one that it beats (a deletion, say)."""
+        version that beat it is superseded later by one that it beats (a deletion, say). Not when the
+        file on disk holds that very content (a peer that joined with a copy of the files): that goes
+        to the archive itself before peersync overwrites or deletes it."""
         if remote.deleted or remote.kind != "file" or data is None or self.archive.has(remote.hash):
+            return
+        if local.live and local.kind == "file" and local.hash == remote.hash:
             return
         if isinstance(data, bytes):
             if hashlib.sha256(data).hexdigest() == remote.hash:
@@ -433,9 +437,7 @@ class Applier:
             except OSError as exc:
                 raise self._os_retry(best.path, exc) from exc
             new.inode = st.st_ino
-        with self.index.tx():
-            self.index.put(new)
-            self.index.set_siblings(best.path, rest)
+        self._later(new, rest)
         self.applied_ops += 1
 
     # -- doing ----------------------------------------------------------------
@@ -673,14 +675,14 @@ class Applier:
         """Put the queued files in place: make their content durable at once, record the intents in one
         commit, rename them all, make the renames durable, and record the outcome in one commit.
         Crash safety is that of a single put (intents before renames), with two commits per batch.
-        The rows of folders made meanwhile go in the last commit."""
+        The rows of folders made and versions adopted meanwhile go in the last commit."""
         queue, self._queue = self._queue, []
-        dir_rows, self._dir_rows = self._dir_rows, []
+        rows, self._rows = self._rows, []
         self._queued_keys.clear()
         if not queue:
-            if dir_rows:
+            if rows:
                 with self.index.tx():
-                    self._record_dirs(dir_rows)
+                    self._record_rows(rows)
             return
         try:
             fsutil.sync_files([q.tmp for q in queue])
@@ -691,7 +693,7 @@ class Applier:
             for q in queue:
                 q.tmp.unlink(missing_ok=True)
                 self._keep_for_later(q.m, q.data, self._os_retry(q.new.path, exc))
-            self._dir_rows = dir_rows + self._dir_rows  # recorded with the next batch
+            self._rows = rows + self._rows  # recorded with the next batch
             return
         done: list[_Queued] = []
         failed: list[tuple[_Queued, Retry]] = []
@@ -704,7 +706,7 @@ class Applier:
                 failed.append((q, exc))
         fsutil.sync_folders({q.target.parent for q in done})
         with self.index.tx():
-            self._record_dirs(dir_rows)
+            self._record_rows(rows)
             for q in done:
                 self._record_put(q.new, q.siblings, None)
             for q, _ in failed:
@@ -712,7 +714,14 @@ class Applier:
         for q, why in failed:
             self._keep_for_later(q.m, q.data, why)
 
-    def _record_dirs(self, rows: list[tuple[Entry, list[Entry]]]) -> None:
+    def _later(self, row: Entry, siblings: list[Entry]) -> None:
+        """Record ``row`` with the batch's last commit."""
+        self._rows.append((row, siblings))
+        self._queued_keys.add(paths.case_key(row.path))  # a later record of this path flushes first
+        if len(self._rows) >= QUEUE_MAX:
+            self.flush()
+
+    def _record_rows(self, rows: list[tuple[Entry, list[Entry]]]) -> None:
         for row, siblings in rows:
             self.index.put(row)
             self.index.set_siblings(row.path, siblings)
@@ -721,7 +730,7 @@ class Applier:
         for q in self._queue:
             q.tmp.unlink(missing_ok=True)
         self._queue = []
-        self._dir_rows = []  # their folders are on disk: the next scan finds them
+        self._rows = []  # their folders and mtimes are on disk: the next scan finds them
         self._queued_keys.clear()
 
     def _conflict_copy(self, local: Entry, target: Path) -> Entry:
@@ -772,8 +781,7 @@ class Applier:
             raise self._os_retry(remote.path, exc) from exc
         self._real_dirs.add(remote.path)
         row = Entry(remote.path, "dir", False, "", 0, 0, 0o755, 0, remote.vector, remote.modified_by, 0)
-        self._dir_rows.append((row, siblings))
-        self._queued_keys.add(paths.case_key(remote.path))  # a later record of this path flushes first
+        self._later(row, siblings)
 
     # -- crash recovery -------------------------------------------------------
 

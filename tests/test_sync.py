@@ -546,6 +546,28 @@ def test_join_into_a_folder_with_existing_files(make_peers):
     assert {t["differs.txt"], t[copies[0]]} == {b"store version", b"laptop version"}
 
 
+def test_joining_with_a_copy_of_the_files_archives_none_of_them(make_peers):
+    """A second office PC joins holding a copy of the folder (a USB disk, a restored backup), saved
+    later than the originals: its versions win, and the others' identical versions lose. The content
+    that lost is the very file on disk, so nothing goes to the versions archive (issue 6: joining
+    with 100,000 such files wrote each one to the archive, with an fsync and a commit apiece)."""
+    alice, bob = make_peers(2, join=False)
+    for i in range(12):
+        set_mtime(alice.write(f"dir{i % 3}/f{i}.txt", f"content {i}"), T0)
+    alice.sync()
+    for i in range(12):
+        set_mtime(bob.write(f"dir{i % 3}/f{i}.txt", f"content {i}"), T0 + 3600)
+    code = alice.cli("invite", check=0).last_line
+    bob.cli("join", code, str(bob.store), "--relay", str(bob.relay), check=0)
+    sync_all(bob, alice, bob, alice)
+
+    t = converged(alice, bob)
+    assert not conflict_copies(t) and len(t) == 12 + 3
+    for peer in (alice, bob):
+        archived = [f for f in (peer.home / "versions").rglob("*") if f.is_file()]
+        assert not archived, (peer.name, archived)
+
+
 # -- ownership, init, join, invite ------------------------------------------------------------
 
 
