@@ -174,7 +174,8 @@ def test_kill_9_while_a_peer_joins_with_a_copy_of_the_files(make_peers):
     nothing to send: the disk (mtimes included) and the index agree."""
     alice, bob = make_peers(2, join=False)
     rng = random.Random(11)
-    files = {f"d{i % 9}/f{i:03d}.txt": f"file {i} ".encode() + rng.randbytes(rng.choice([10, 3000])) for i in range(300)}
+    files = {f"d{i % 9}/f{i:03d}.txt": f"file {i} ".encode() + rng.randbytes(rng.choice([10, 3000]))
+             for i in range(300)}
     t0 = 1_700_000_000
     for i, (rel, data) in enumerate(files.items()):
         os.utime(alice.write(rel, data), (t0, t0))
