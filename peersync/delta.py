@@ -22,6 +22,8 @@ from typing import BinaryIO
 
 from fastcdc.fastcdc_cy import fastcdc_cy
 
+from . import fsutil
+
 AVG_CHUNK = 64 * 1024  # min a quarter, max 8x: about 1.2 MB sent for 1 MiB changed
 MAX_OPS = 1000  # more than this (changes scattered all over) and the file goes whole
 _ENTRY = struct.Struct("<I8s")  # chunk length, first 8 bytes of its SHA-1
@@ -157,7 +159,6 @@ def check_ops(ops: object, base_size: int, size: int, data_len: int) -> None:
 MIN_CHUNK, MAX_CHUNK = AVG_CHUNK // 4, AVG_CHUNK * 8  # fastcdc's defaults for AVG_CHUNK
 _SEGMENT = 32 * 1024 * 1024  # hashed and written back per step while rebuilding
 _WINDOW = 16 * 1024 * 1024  # read at a time when hashing and chunking a file
-_SYNC_EVERY = 128 * 1024 * 1024  # flushed to disk behind the writer, so the final fsync finds little to do
 
 
 def _copy(src: int, dst: int, offset: int, length: int, at: int) -> None:
@@ -195,26 +196,23 @@ def rebuild(base: int, ops: Ops, data: bytes, out: int, base_map: bytes | None) 
         return hashlib.sha256(b"").hexdigest(), 0, b""
     os.ftruncate(out, size)
     whole = hashlib.sha256()
-    with mmap.mmap(out, size, access=mmap.ACCESS_READ) as mm, \
-            ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
+    with mmap.mmap(out, size, access=mmap.ACCESS_READ) as mm, ThreadPoolExecutor(1) as hasher:
         view = memoryview(mm)
         try:
             pending = []
-            at = pos = hashed = synced = 0
+            at = pos = hashed = 0
 
             def hash_segment(start: int, end: int) -> None:
                 whole.update(view[start:end])
                 _release(mm, start, end)  # hashed: its pages need not count in this process's memory
 
             def written(n: int) -> None:
-                nonlocal at, hashed, synced
+                nonlocal at, hashed
                 at += n
-                if at - hashed >= _SEGMENT:
+                if at - hashed >= _SEGMENT:  # a segment is whole: hash it, and start writing it to disk
+                    fsutil.start_writeback(out, hashed, at - hashed)
                     pending.append(hasher.submit(hash_segment, hashed, at))
                     hashed = at
-                if at - synced >= _SYNC_EVERY:
-                    pending.append(syncer.submit(getattr(os, "fdatasync", os.fsync), out))
-                    synced = at
 
             for op in ops:
                 if len(op) == 1:
