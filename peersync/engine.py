@@ -379,11 +379,13 @@ class Engine:
         try:
             self._publish(scanner, report)
         except OSError as exc:
+            scanner.kept.clear()
             with self.index.tx():
                 self.index.record_error("relay:publish", "relay", self.cfg.relay,
                                         f"changes cannot be written to the relay ({exc.strerror or exc})",
                                         "check that the relay folder is writable and its disk not full; retried")
             return False
+        scanner.kept.clear()  # sent: the rest of the cycle does not need it in memory
         return True
 
     def _stopping(self, report: CycleReport, stage: str) -> bool:
@@ -569,6 +571,10 @@ class Engine:
             yield Record({**meta, "content": "ref", "from": gone_hashes[e.hash]})
             return
         part = min(int(self.settings["part_bytes"]), int(self.settings["bundle_max_bytes"]))
+        kept = scanner.kept.get(e.hash) if e.size <= part else None
+        if kept is not None:  # read and hashed by this cycle's scan: sent as it was then
+            yield Record({**meta, "content": "inline"}, kept)
+            return
         try:
             if delta_ok and e.size > part:
                 rec = self._delta_record(meta, source, part)

@@ -15,6 +15,7 @@ is never taken for a deleted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import stat as statmod
@@ -37,6 +38,11 @@ StatRow = tuple[str, bool, int, int, int, int]  # an index row as a scan compare
 # Where a name is found whatever its letter case (Windows, macOS), a partial scan checks a
 # reported name against its folder's listing: "quote.txt" renamed "Quote.txt" is a new name.
 CASE_INSENSITIVE = fsutil.IS_WINDOWS or sys.platform == "darwin"
+
+# Changed files up to KEEP_FILE_BYTES are read whole when hashed, and their content kept for the
+# publish of the same cycle, up to KEEP_BYTES in all (memory stays bounded however many there are).
+KEEP_FILE_BYTES = 256 * 1024
+KEEP_BYTES = 32 * 1024 * 1024
 
 
 def _no_progress(stage: str, items: int, nbytes: int) -> None:
@@ -84,6 +90,10 @@ class Scanner:
         self.peer = peer
         self.settings = settings
         self.progress = progress
+        # The content of small files this scan found changed, by hash, for the publish that follows:
+        # sent as it was hashed, without reading the file again. At most KEEP_BYTES in all.
+        self.kept: dict[str, bytes] = {}
+        self._kept_bytes = 0
 
     # -- one path ----------------------------------------------------------------
 
@@ -110,8 +120,13 @@ class Scanner:
         mode = entry.mode if (fsutil.IS_WINDOWS and entry) else file_mode(st)
         chunk_map = b""
         try:
+            data: bytes | None = None
             if 0 < int(self.settings.get("delta_min_bytes", 0)) <= st.st_size:  # the base of a later delta
                 digest, size, chunk_map = delta.hash_and_map(abspath)
+            elif st.st_size <= KEEP_FILE_BYTES and self._kept_bytes + st.st_size <= KEEP_BYTES:
+                with open(abspath, "rb") as f:
+                    data = f.read()
+                digest, size = hashlib.sha256(data).hexdigest(), len(data)
             else:
                 digest, size = fsutil.hash_file(abspath)
             after = os.stat(abspath, follow_symlinks=False)
@@ -139,6 +154,9 @@ class Scanner:
         self._new_version(entry, path=rel, kind="file", hash=digest, size=size, mtime_ns=st.st_mtime_ns,
                           mode=mode, inode=st.st_ino)
         result.changed += 1
+        if data is not None and digest not in self.kept:
+            self.kept[digest] = data
+            self._kept_bytes += size
 
     def _examine_dir(self, rel: str) -> None:
         entry = self.index.get(rel)

@@ -68,6 +68,31 @@ def test_a_seal_that_fails_is_reported_and_nothing_after_it_is_written(peers, mo
     assert len(list(alice.relay.rglob("bundles/*.psb"))) >= 2
 
 
+def test_a_file_rewritten_between_scan_and_publish_is_sent_as_it_was_hashed(peers, monkeypatch):
+    """The scan keeps the small files it read, and the publish sends those bytes rather than reading
+    the files again: what travels is exactly what the index's hash describes. A save that lands in
+    between is a newer version, which the next cycle's scan finds and sends."""
+    alice, bob = peers
+    alice.write("quote.txt", "as scanned")
+    from peersync.engine import Engine
+
+    real = Engine._publish
+
+    def save_meanwhile(self, scanner, report):
+        alice.write("quote.txt", "saved after the scan, before the publish")
+        return real(self, scanner, report)
+
+    monkeypatch.setattr(Engine, "_publish", save_meanwhile)
+    alice.sync()
+    monkeypatch.setattr(Engine, "_publish", real)
+    bob.sync()
+    assert bob.read("quote.txt") == b"as scanned"
+    alice.sync()
+    bob.sync()
+    assert bob.read("quote.txt") == b"saved after the scan, before the publish"
+    assert "does not match" not in bob.cli("errors", check=0).out
+
+
 @pytest.fixture(autouse=True)
 def _in_process(monkeypatch):
     """These tests patch the relay layer, so every command must run in this process."""
