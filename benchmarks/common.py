@@ -239,9 +239,9 @@ class Scratch:
                 subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mount)], check=True, timeout=60,
                                capture_output=True)
                 self.path = self.mount
-                backing = fs_type(self.holder)
+                backing = fs_type(self.holder).split(" on ")[0]  # the type, not this machine's device
                 self.kind = (f"fresh ext4 in a {self.size_gib} GiB loop-mounted sparse image "
-                             f"(image on {backing} at {self.holder})")
+                             f"(image on {backing}, in a new folder under /var/tmp)")
                 log(f"scratch: {self.kind}")
                 return self
             except (subprocess.SubprocessError, OSError) as exc:

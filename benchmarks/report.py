@@ -85,7 +85,7 @@ def targets(ctx: Ctx) -> list[tuple[str, str, str]]:
         rt = get("3", f"{label} ", "rsync -a --no-whole-file")
         if pb and rb:
             out.append((f"W3 {label} bytes ≤ rsync total", f"{fmt(pb.value, 'bytes')} vs {fmt(rb.value, 'bytes')} "
-                        f"({pb.value / rb.value:.0f}×)", verdict(pb.value <= rb.value)))
+                        f"({pb.value / rb.value:.2f}×)", verdict(pb.value <= rb.value)))
         rd = get("3", f"{label} ", "rsync -a --no-whole-file + syncfs")
         if pt and rt:
             out.append((f"W3 {label} time ≤ 1.5 × rsync", f"{fmt(pt.value, 's')} vs 1.5 × {fmt(rt.value, 's')} "

@@ -144,7 +144,7 @@ def cmd_sync(state: State, args: argparse.Namespace) -> int:
     service's; the exit status is then 128 + the signal's number (130 for Ctrl-C).
     A second Ctrl-C interrupts at once.
     """
-    from .service import StopOnSignals
+    from .stop import StopOnSignals
 
     lock = Lock(state, "cycle")
     try:

@@ -18,9 +18,7 @@ import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
-
-from fastcdc.fastcdc_cy import fastcdc_cy
+from typing import Any, BinaryIO
 
 from . import fsutil
 
@@ -28,6 +26,14 @@ AVG_CHUNK = 64 * 1024  # min a quarter, max 8x: about 1.2 MB sent for 1 MiB chan
 MAX_OPS = 1000  # more than this (changes scattered all over) and the file goes whole
 _ENTRY = struct.Struct("<I8s")  # chunk length, first 8 bytes of its SHA-1
 Ops = list[list[int]]
+
+
+def _cuts(view: memoryview) -> Any:
+    """FastCDC's chunks of ``view`` (its compiled chunker), imported on first use: the package's
+    ``__init__`` loads its command line's dependencies, which a cycle with no large file need not."""
+    from fastcdc.fastcdc_cy import fastcdc_cy
+
+    return fastcdc_cy(view, avg_size=AVG_CHUNK)
 
 
 def _digest(view: memoryview) -> bytes:
@@ -64,7 +70,7 @@ def hash_and_map(path: Path, window: int = 0) -> tuple[str, int, bytes]:
             try:
                 start = 0
                 if buf:
-                    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
+                    for c in _cuts(view):
                         if not last and c.offset + MAX_CHUNK > len(buf):
                             break  # not final yet: it may end elsewhere once more is read
                         out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
@@ -258,7 +264,7 @@ def _release(mm: mmap.mmap, start: int, end: int) -> None:
 def map_of(view: memoryview) -> bytes:
     """The packed chunk map of some content."""
     out = bytearray()
-    for c in fastcdc_cy(view, avg_size=AVG_CHUNK):
+    for c in _cuts(view):
         out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
     return bytes(out)
 
@@ -298,7 +304,7 @@ def derive_map(base_map: bytes, base_size: int, ops: Ops, new: memoryview) -> by
                     p += length
                     continue
         window = new[p:p + min(MAX_CHUNK, size - p)]
-        length = next(iter(fastcdc_cy(window, avg_size=AVG_CHUNK))).length
+        length = next(iter(_cuts(window))).length
         out += _ENTRY.pack(length, _digest(new[p:p + length]))
         p += length
     return bytes(out)

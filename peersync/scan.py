@@ -226,6 +226,7 @@ class Scanner:
         shortcut = self.ignore.shortcut.search if self.ignore.shortcut is not None else None
         valid_names: dict[str, bool] = {}
         any_mode = fsutil.IS_WINDOWS  # Windows has no exec bit: the index's mode stands
+        stop, temp_prefix, mark_seen, known_row = self.stop, fsutil.TEMP_PREFIX, seen.add, known.get
         by_fd = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
         no_follow = getattr(os, "O_NOFOLLOW", 0)
         stack: list[tuple[str, str]] = [(top, top_prefix)]
@@ -247,7 +248,7 @@ class Scanner:
             try:
                 counted = 0  # files found here and not yet reported to progress
                 for de in entries:
-                    if self.stop():
+                    if stop():
                         result.stopped = True
                         stack.clear()
                         break
@@ -274,7 +275,7 @@ class Scanner:
                         continue  # gone while we looked
                     kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
                     is_dir = kind == statmod.S_IFDIR
-                    if name.startswith(fsutil.TEMP_PREFIX):
+                    if name.startswith(temp_prefix):
                         self._remove_stale_temp(Path(folder, name))
                         continue
                     if ((shortcut is None or shortcut(rel + "/" if is_dir else rel) is not None)
@@ -293,8 +294,8 @@ class Scanner:
                         if is_dir:
                             skipped_dirs.append(rel + "/")
                         continue
-                    seen.add(rel)
-                    old = known.get(rel)
+                    mark_seen(rel)
+                    old = known_row(rel)
                     if is_dir:
                         if old is None or old[1] or old[0] != "dir":
                             self._examine_dir(rel)
@@ -306,7 +307,7 @@ class Scanner:
                     counted += 1
                     if (old is not None and old[0] == "file" and not old[1] and old[2] == st.st_size
                             and old[3] == st.st_mtime_ns and old[4] == st.st_ino
-                            and (any_mode or old[5] == file_mode(st))):
+                            and (any_mode or old[5] == (0o755 if st.st_mode & 0o100 else 0o644))):  # file_mode
                         continue
                     self.progress("scan", counted, 0)
                     counted = 0

@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from watchdog.observers import Observer
 from .fsutil import TEMP_PREFIX
 from .lock import Lock as Lock  # re-exported: the service and its lock go together
 from .schedule import Schedule
+from .stop import StopOnSignals as StopOnSignals  # re-exported: the service installs it for its life
 
 log = logging.getLogger("peersync")
 
@@ -288,42 +288,6 @@ def run_loop(
         logging.getLogger("watchdog").removeHandler(lost)
         watcher.observer.stop()
         watcher.observer.join(timeout=5)
-
-
-class StopOnSignals:
-    """While active, SIGINT and SIGTERM (CTRL_BREAK on Windows) set ``stop``: the work ends after its current step.
-
-    With ``interrupt_twice``, a second SIGINT while stopping raises KeyboardInterrupt at once, for
-    a user at a terminal who will not wait. ``signum`` is the first signal received. Signal
-    handlers belong to the main thread: elsewhere nothing is installed.
-    """
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
-
-    def __init__(self, stop: threading.Event, interrupt_twice: bool = False) -> None:
-        self.stop = stop
-        self.interrupt_twice = interrupt_twice
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: object) -> None:
-        if self.interrupt_twice and self.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
-        log.info("signal %s: stopping after the current step", signum)
-        self.stop.set()
-
-    def __enter__(self) -> StopOnSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
