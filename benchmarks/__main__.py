@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 
 from . import report
-from .common import ForeignLoad, Scratch, cleanup_procs, ensure_tools, log, machine_facts, tool_versions
+from .common import (
+    ForeignLoad,
+    Scratch,
+    cleanup_procs,
+    compile_peersync,
+    ensure_tools,
+    log,
+    machine_facts,
+    tool_versions,
+)
 from .workloads import WORKLOADS, Ctx
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in ran:
         if w not in WORKLOADS:
             ap.error(f"no workload {w!r}; there are {', '.join(WORKLOADS)}")
+    compile_peersync()
     missing = ensure_tools(TOOLS)
     if missing:
         log(f"missing tools (their rows will fail): {', '.join(missing)}")
