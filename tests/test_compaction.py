@@ -225,20 +225,19 @@ def test_a_snapshot_is_written_once_overwritten_content_piles_up(make_peers):
     alice, bob = make_peers(2)
     _configure(alice, bob, snapshot_min_bytes=1000)
     rng = random.Random(4)
-    names = [f"f{i}.bin" for i in range(10)]
-    for name in names:
-        alice.write(name, rng.randbytes(4000))
-    alice.sync()
-    bob.sync()
-    alice.sync()
-    bob.sync()
+
+    def rewrite_all_then_sync(times: int) -> None:
+        for name in (f"f{i}.bin" for i in range(10)):
+            alice.write(name, rng.randbytes(4000))
+        for _ in range(times):
+            alice.sync()
+            bob.sync()
+
+    rewrite_all_then_sync(2)
     store = _store_bytes(alice.store)
     assert not list(alice.relay.rglob("snapshots/*/manifest.psb")), "one copy in the relay: nothing to gain"
     for _round in range(3):
-        for name in names:
-            alice.write(name, rng.randbytes(4000))
-        alice.sync()
-        bob.sync()
+        rewrite_all_then_sync(1)
     alice.sync()
     bob.sync()
     alice.sync()
