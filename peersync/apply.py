@@ -670,6 +670,7 @@ class Applier:
         self.index.drop_intent(new.path)
         if copy is not None:
             self.index.put(copy)
+            self.index.set_siblings(copy.path, [])  # superseded by the copy (see _conflict_copy)
 
     def flush(self) -> None:
         """Put the queued files in place: make their content durable at once, record the intents in one
@@ -742,8 +743,15 @@ class Applier:
             fsutil.link_or_copy(target, dest)
         st = os.stat(dest)
         clock = self.index.next_clock()
+        # Another peer that held the same losing content may have made this very copy, under the same
+        # name, and this peer may know its version already: like any local change, the copy supersedes
+        # what is known of the path. A fresh vector would stay concurrent with that version, and a later
+        # deletion of the copy here would leave it on the peers that hold the other.
+        known = self.index.get(rel)
+        before = [known.vector] if known is not None else []
+        before += [sibling.vector for sibling in self.index.siblings(rel)]
         return Entry(rel, "file", False, local.hash, local.size, st.st_mtime_ns, local.mode, st.st_ino,
-                     vv.bump({}, self.peer, clock), self.peer, clock)
+                     vv.bump(vv.merge(*before), self.peer, clock), self.peer, clock)
 
     def _delete(self, local: Entry | None, remote: Entry, target: Path, siblings: list[Entry]) -> None:
         record = Entry(remote.path, remote.kind, True, remote.hash, remote.size, remote.mtime_ns, remote.mode, 0,

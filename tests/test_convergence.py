@@ -643,3 +643,23 @@ def test_a_version_whose_content_is_gone_here_is_asked_for(world):
     assert w.sync(1).code == 0
     assert w.store(1).joinpath("a.txt").read_bytes() == b"alice"
     w.settle_and_check()
+
+
+def test_a_conflict_copy_two_peers_made_is_one_version(world):
+    """Found by the long property (48 steps, shrunk to these). Carol's edit of b.txt beats alice's, and
+    two peers hold alice's losing content: alice, and bob, who had applied her edit. Each makes the
+    conflict copy, under the same name, as a version of its own. Alice had applied bob's copy first,
+    then made hers over it with a fresh vector: bob's version was forgotten there. She renames the
+    copy; her deletion supersedes only her own version, so bob and carol keep bob's copy ("modify beats
+    delete") while alice never hears of it again, and the stores stay different. A conflict copy now
+    supersedes what is known of its path, as any local change does."""
+    w = world
+    w.concurrent_edit(2, 0, "b.txt", "cbca", "", skew1=3, skew2=0)
+    w.sync(2)
+    w.deliver(2, 1)
+    w.concurrent_edit(0, 2, "a.txt", "", "", skew1=0, skew2=3, same_content=True)
+    for p, to in ((0, 1), (1, 0), (2, 0), (0, 2)):
+        w.sync(p)
+        w.deliver(p, to)
+    w.rename(0, 1, "d/a.txt")  # the conflict copy b.sync-conflict-...-<alice>.txt
+    w.settle_and_check()
