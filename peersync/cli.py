@@ -163,7 +163,9 @@ def cmd_sync(state: State, args: argparse.Namespace) -> int:
                     if stop.is_set():
                         break
                     reporter = reporter_for(sys.stderr, args.quiet)
-                    engine.progress, engine.expect, engine.should_stop = reporter, reporter.total, stop.is_set
+                    engine.progress, engine.should_stop = reporter, stop.is_set
+                    if not args.quiet:  # totals cost a count of the index (or of the store) to shown bars only
+                        engine.expect = reporter.total
                     reporter.begin(engine.cfg.name)
                     try:
                         report = engine.cycle(allow_deletes=args.allow_deletes, exclude=tuple(args.exclude or ()))

@@ -429,10 +429,11 @@ class Engine:
             except NeedFullScan as exc:
                 log.debug("%s: a full scan instead of a partial one: %s", self.cfg.name, exc)
         if result is None:
-            known = self.index.count_live_files()
-            if not known and self.expect is not _quiet:  # a first scan: count what is there, for the progress bar
-                known = scanner.count_files()
-            self.expect("scan", known, 0)
+            if self.expect is not _quiet:  # a progress bar's total
+                known = self.index.count_live_files()
+                if not known:  # a first scan: count what is there
+                    known = scanner.count_files()
+                self.expect("scan", known, 0)
             result = scanner.scan(allow_deletes=allow_deletes)
         report.files, report.changed, report.held_deletes = result.files, result.changed, result.held_deletes
         report.deferred_deletes, report.unstable = result.deferred_deletes, len(result.unstable)

@@ -98,7 +98,10 @@ def any_match_regex(specs: Sequence[pathspec.PathSpec[Any]], extra: Sequence[str
 
 class Ignore:
     def __init__(self, root: Path, extra: Iterable[str] = ()) -> None:
-        self._user = pathspec.GitIgnoreSpec.from_lines(list(extra) + self._file_lines(root))
+        lines = list(extra) + self._file_lines(root)
+        self._user = pathspec.GitIgnoreSpec.from_lines(lines)
+        # Every rule in force, as text: two Ignores with the same rules decide every path alike.
+        self.rules = "\n".join([*BUILTIN, "", *lines])
         self._builtin = pathspec.GitIgnoreSpec.from_lines(BUILTIN)
         self._any = any_match_regex([self._builtin, self._user], [EXCEL_TEMP_ANYWHERE])
         # pathspec turns these separators into '/' before matching; the shortcut must too.

@@ -20,6 +20,10 @@ Tables:
   corrections what peersync did by itself about an item that kept failing
   chunkmaps   per content hash of a large file, its chunk map (peersync.delta):
               the base a later version of the path is sent as a delta against
+  folder_sums per folder, a digest of its listing (names and stat fields) taken
+              when a full scan found the folder exactly as its rows say; any
+              change to a row of a path in the folder deletes it (triggers), so
+              a folder whose listing still has that digest needs no row read
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,22 @@ CREATE TABLE IF NOT EXISTS chunkmaps(
     hash TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, map BLOB NOT NULL, made REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS chunkmaps_path ON chunkmaps(path);
 """
+# A folder's digest stands for its rows: whatever writes a row of a path in it (insert, update,
+# delete; the old and the new path of an update) deletes the digest in the same transaction.
+# ``rtrim(p, replace(p, '/', ''))`` is the folder prefix of p: "a/b/c.txt" -> "a/b/", "c.txt" -> "".
+FOLDER_SUMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS folder_sums(folder TEXT PRIMARY KEY, digest BLOB NOT NULL, unsynced TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS files_insert_sum AFTER INSERT ON files BEGIN
+    DELETE FROM folder_sums WHERE folder = rtrim(NEW.path, replace(NEW.path, '/', ''));
+END;
+CREATE TRIGGER IF NOT EXISTS files_update_sum AFTER UPDATE ON files BEGIN
+    DELETE FROM folder_sums WHERE folder IN (rtrim(OLD.path, replace(OLD.path, '/', '')),
+                                             rtrim(NEW.path, replace(NEW.path, '/', '')));
+END;
+CREATE TRIGGER IF NOT EXISTS files_delete_sum AFTER DELETE ON files BEGIN
+    DELETE FROM folder_sums WHERE folder = rtrim(OLD.path, replace(OLD.path, '/', ''));
+END;
+"""
 CHUNKMAPS_KEPT = 1000  # the most recently made maps are kept
 
 
@@ -139,6 +159,7 @@ class Index:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.db.executescript(CHUNKMAPS_SCHEMA)
+        self.db.executescript(FOLDER_SUMS_SCHEMA)
         self._migrate()
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
@@ -225,6 +246,28 @@ class Index:
             r[0]: (r[1], bool(r[2]), r[3], r[4], r[5], r[6])
             for r in self.db.execute("SELECT path, kind, deleted, size, mtime_ns, inode, mode FROM files")
         }
+
+    # -- folder digests (peersync.scan) ------------------------------------------
+
+    def folder_sums(self) -> dict[str, tuple[bytes, frozenset[str]]]:
+        """folder prefix -> (digest of its listing, the names in it that never sync)."""
+        return {r[0]: (bytes(r[1]), frozenset(json.loads(r[2])) if r[2] != "[]" else frozenset())
+                for r in self.db.execute("SELECT folder, digest, unsynced FROM folder_sums")}
+
+    def set_folder_sum(self, folder: str, digest: bytes, unsynced: list[str]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO folder_sums(folder, digest, unsynced) VALUES(?, ?, ?)",
+                        (folder, digest, json.dumps(unsynced)))
+
+    def drop_folder_sums(self, folders: Iterable[str] | None = None) -> None:
+        """Forget the digests of ``folders`` (prefixes such as "a/b/", "" for the root), or of all."""
+        if folders is None:
+            self.db.execute("DELETE FROM folder_sums")
+        else:
+            self.db.executemany("DELETE FROM folder_sums WHERE folder=?", ((f,) for f in folders))
+
+    def count_live(self) -> int:
+        """Live rows, files and folders."""
+        return int(self.db.execute("SELECT COUNT(*) FROM files WHERE deleted=0").fetchone()[0])
 
     def count_live_files(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM files WHERE deleted=0 AND kind='file'").fetchone()[0])

@@ -15,8 +15,10 @@ is never taken for a deleted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import marshal
 import os
 import stat as statmod
 import sys
@@ -43,6 +45,14 @@ CASE_INSENSITIVE = fsutil.IS_WINDOWS or sys.platform == "darwin"
 # publish of the same cycle, up to KEEP_BYTES in all (memory stays bounded however many there are).
 KEEP_FILE_BYTES = 256 * 1024
 KEEP_BYTES = 32 * 1024 * 1024
+
+# A full scan keeps, per folder, a digest of its listing (names and the stat fields it compares)
+# from the last time it found the folder exactly as the index's rows say (Index.folder_sums; a
+# trigger drops it when a row of the folder changes). A folder whose listing has that digest
+# again is unchanged and its rows are not read: a scan that finds nothing reads no row. Digests
+# are kept only under the rules that decided what a folder holds: a change of the ignore rules,
+# of this format or of Python's marshal format drops them all.
+SUMS_FORMAT = 1
 
 
 def _no_progress(stage: str, items: int, nbytes: int) -> None:
@@ -195,23 +205,53 @@ class Scanner:
 
     def scan(self, allow_deletes: bool = False) -> ScanResult:
         result = ScanResult()
-        known = self.index.stat_map()
         look = _Look()
+        rows: list[dict[str, StatRow]] = []
+
+        def known() -> dict[str, StatRow]:  # read once, and only if some folder is not as its digest says
+            if not rows:
+                rows.append(self.index.stat_map())
+            return rows[0]
+
         with self.index.tx():
-            self._walk(os.fspath(self.root), "", known, look, result, rename_nfc=True)
+            sums = self._folder_sums()
+            self._walk(os.fspath(self.root), "", known, look, result, rename_nfc=True, sums=sums)
             if result.stopped:
                 return result  # what was scanned is kept; files not walked are not deleted ones
-            self._deletions(known, look.seen, look.skipped, allow_deletes, result, look.ignored_inodes)
+            if not rows and self.index.count_live() == look.unread:
+                # Every folder is as its rows say, and no live row is anywhere else: nothing is gone.
+                self._deletions({}, set(), [], allow_deletes, result, live_files=result.files)
+                return result
+            for prefix, names in look.clean:  # folders whose rows were not read: all they hold is seen
+                look.seen.update(prefix + name for name in names)
+            self._deletions(known(), look.seen, look.skipped, allow_deletes, result, look.ignored_inodes)
         return result
 
-    def _walk(self, top: str, top_prefix: str, known: Mapping[str, StatRow], look: _Look, result: ScanResult,
-              rename_nfc: bool) -> None:
+    def _folder_sums(self) -> dict[str, tuple[bytes, frozenset[str]]]:
+        """The folder digests the index holds, if they were taken under the rules in force now."""
+        rules = hashlib.sha256(f"{SUMS_FORMAT} {sys.version_info[:2]} {fsutil.TEMP_PREFIX}\n"
+                               f"{self.ignore.rules}".encode("utf-8", "surrogatepass")).hexdigest()
+        if self.index.get_meta("folder_sums_rules") != rules:
+            self.index.drop_folder_sums()
+            self.index.set_meta("folder_sums_rules", rules)
+            return {}
+        return self.index.folder_sums()
+
+    def _walk(self, top: str, top_prefix: str, known: Callable[[], Mapping[str, StatRow]], look: _Look,
+              result: ScanResult, rename_nfc: bool,
+              sums: dict[str, tuple[bytes, frozenset[str]]] | None = None) -> None:
         """Walk the folder ``top`` (the store's root, or ``top_prefix`` in it) whole: the one walk of every scan.
 
-        ``known`` holds the index's rows of at least every path under ``top``. What is seen,
+        ``known()`` gives the index's rows of at least every path under ``top``. What is seen,
         skipped and ignored is recorded into ``look``. A name not in NFC is renamed to it
         where that is safe when ``rename_nfc`` (a full scan), else only a full scan can
         handle it: NeedFullScan.
+
+        ``sums`` (a full scan): each folder's digest and the names in it that never sync
+        (index.folder_sums). A folder whose listing has its digest is as its rows say: nothing
+        in it is looked at further, its rows are not read, and it goes into ``look.clean``. A
+        folder found exactly as its rows say, with nothing to report, rename or remove in it,
+        has its digest recorded.
         """
         seen, skipped_dirs = look.seen, look.skipped
         # Inodes living on under ignored names: an editor saving renames the original to a
@@ -226,7 +266,8 @@ class Scanner:
         shortcut = self.ignore.shortcut.search if self.ignore.shortcut is not None else None
         valid_names: dict[str, bool] = {}
         any_mode = fsutil.IS_WINDOWS  # Windows has no exec bit: the index's mode stands
-        stop, temp_prefix, mark_seen, known_row = self.stop, fsutil.TEMP_PREFIX, seen.add, known.get
+        stop, temp_prefix, mark_seen = self.stop, fsutil.TEMP_PREFIX, seen.add
+        known_row: Callable[[str], StatRow | None] | None = None
         by_fd = os.scandir in os.supports_fd and os.stat in os.supports_dir_fd
         no_follow = getattr(os, "O_NOFOLLOW", 0)
         stack: list[tuple[str, str]] = [(top, top_prefix)]
@@ -246,6 +287,20 @@ class Scanner:
                                         "check its permissions"))
                 continue
             try:
+                digest = None
+                if sums is not None:
+                    if stop():
+                        result.stopped = True
+                        break
+                    digest = _listing_digest(folder, entries, dir_fd)
+                    kept = sums.get(prefix)
+                    if digest is not None and kept is not None and kept[0] == digest:
+                        self._clean_folder(folder, prefix, entries, kept[1], stack, look, result)
+                        continue
+                if known_row is None:
+                    known_row = known().get
+                plain = digest is not None  # all this folder holds is as its rows say, or never synced
+                unsynced: list[str] = []  # names here that never sync (ignored, links, devices)
                 counted = 0  # files found here and not yet reported to progress
                 for de in entries:
                     if stop():
@@ -260,9 +315,11 @@ class Scanner:
                         else:
                             nfc = self._nfc_name(Path(folder), name, result)
                             if nfc is None:
+                                plain = False
                                 continue
                             renamed = nfc != name  # renamed to NFC just now: not this entry any more
                             name = nfc
+                            plain = plain and not renamed
                     rel = prefix + name
                     try:
                         if dir_fd < 0:
@@ -272,18 +329,22 @@ class Scanner:
                         else:
                             st = de.stat(follow_symlinks=False)
                     except OSError:
+                        plain = False
                         continue  # gone while we looked
                     kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
                     is_dir = kind == statmod.S_IFDIR
                     if name.startswith(temp_prefix):
                         self._remove_stale_temp(Path(folder, name))
+                        plain = False
                         continue
                     if ((shortcut is None or shortcut(rel + "/" if is_dir else rel) is not None)
                             and ignored(rel, is_dir)):
                         if not is_dir:
                             ignored_inodes.add(st.st_ino)
+                        unsynced.append(name)
                         continue
                     if kind == statmod.S_IFLNK:
+                        unsynced.append(name)
                         continue  # symlinks are never followed nor synced
                     valid = valid_names.get(name)
                     if valid is None:
@@ -293,15 +354,18 @@ class Scanner:
                                                      "or invalid on Windows, or too long)", "rename it"))
                         if is_dir:
                             skipped_dirs.append(rel + "/")
+                        plain = False
                         continue
                     mark_seen(rel)
                     old = known_row(rel)
                     if is_dir:
                         if old is None or old[1] or old[0] != "dir":
                             self._examine_dir(rel)
+                            plain = False
                         stack.append((os.path.join(folder, name), rel + "/"))
                         continue
                     if kind != statmod.S_IFREG:
+                        unsynced.append(name)
                         continue  # sockets, fifos, devices
                     result.files += 1
                     counted += 1
@@ -309,15 +373,38 @@ class Scanner:
                             and old[3] == st.st_mtime_ns and old[4] == st.st_ino
                             and (any_mode or old[5] == (0o755 if st.st_mode & 0o100 else 0o644))):  # file_mode
                         continue
+                    plain = False
                     self.progress("scan", counted, 0)
                     counted = 0
                     self._examine_file(rel, Path(folder, name), st, result)
                     self.progress("hash", 1, st.st_size)
                 if counted:
                     self.progress("scan", counted, 0)
+                if plain and digest is not None and not result.stopped:
+                    # A later write to a row of this folder in the same scan (a deletion) drops it again.
+                    self.index.set_folder_sum(prefix, digest, unsynced)
             finally:
                 if dir_fd >= 0:
                     os.close(dir_fd)
+
+    def _clean_folder(self, folder: str, prefix: str, entries: list[os.DirEntry[str]], unsynced: frozenset[str],
+                      stack: list[tuple[str, str]], look: _Look, result: ScanResult) -> None:
+        """A folder whose listing has its digest: what it holds is counted and its folders walked."""
+        names = [de.name for de in entries if de.name not in unsynced] if unsynced else [de.name for de in entries]
+        files = 0
+        for de in entries:
+            name = de.name
+            if unsynced and name in unsynced:
+                continue
+            if de.is_dir(follow_symlinks=False):  # no call to the OS: its lstat is cached
+                stack.append((os.path.join(folder, name), prefix + name + "/"))
+            else:
+                files += 1
+        look.clean.append((prefix, names))
+        look.unread += len(names)
+        result.files += files
+        if files:
+            self.progress("scan", files, 0)
 
     def count_files(self) -> int:
         """How many files a full scan would look at, by a walk that reads no file (for a progress total)."""
@@ -481,8 +568,8 @@ class Scanner:
                 self._note_dir(here)
                 if last and deep:
                     look.trees.add(here)
-                    self._walk(os.fspath(path), here + "/", self.index.stat_rows(set(), {here}), look, result,
-                               rename_nfc=False)
+                    self._walk(os.fspath(path), here + "/", functools.partial(self.index.stat_rows, set(), {here}),
+                               look, result, rename_nfc=False)
                 folder, prefix = path, here + "/"
                 continue
             if not last:  # a file stands where a folder of the path was: nothing is under it any more
@@ -559,6 +646,10 @@ class _Look:
     skipped: list[str] = dataclasses.field(default_factory=list)
     ignored_inodes: set[int] = dataclasses.field(default_factory=set)
     listings: dict[Path, set[str]] = dataclasses.field(default_factory=dict)
+    # A full scan: folders found as their digests say (prefix, the names in them that sync), and how
+    # many paths those are: their rows were not read.
+    clean: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
+    unread: int = 0
 
     def listing(self, folder: Path) -> set[str]:
         if folder not in self.listings:
@@ -575,3 +666,23 @@ class _Look:
             return True
         parts = rel.split("/")
         return any("/".join(parts[:i]) in self.trees for i in range(1, len(parts)))
+
+
+def _listing_digest(folder: str, entries: list[os.DirEntry[str]], dir_fd: int) -> bytes | None:
+    """A digest of a folder's listing: each entry's name and the stat fields a scan compares (a
+    folder by name only: what it holds has a digest of its own). None if an entry is gone."""
+    items: list[tuple[str, int] | tuple[str, int, int, int, int]] = []
+    append = items.append
+    try:
+        for de in entries:
+            # As the walk stats an entry: the DirEntry's cached lstat, or (no dir_fd: Windows, whose
+            # DirEntry has no inode number) an lstat of the path.
+            st = de.stat(follow_symlinks=False) if dir_fd >= 0 else os.lstat(os.path.join(folder, de.name))
+            mode = st.st_mode
+            if mode & 0o170000 == statmod.S_IFDIR:
+                append((de.name, statmod.S_IFDIR))
+            else:
+                append((de.name, mode, st.st_size, st.st_mtime_ns, st.st_ino))
+    except OSError:
+        return None
+    return hashlib.blake2b(marshal.dumps(items), digest_size=16).digest()

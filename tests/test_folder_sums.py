@@ -1,0 +1,189 @@
+"""Folder digests: a full scan skips reading the rows of a folder whose listing is as it was.
+
+A scan of 100,000 unchanged files used to read every row of the index to compare
+each file's stat. Now each folder found exactly as its rows say keeps a digest
+of its listing; a folder whose listing has that digest again is not compared
+row by row. These tests pin that the shortcut never hides a change: on disk, in
+the index (a row written by an apply, or one no folder holds), or in the ignore
+rules.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from peersync.ignore import Ignore
+from peersync.index import Entry, Index
+from peersync.scan import Scanner, ScanResult
+
+PEER = "A" * 26
+SETTINGS = {"mass_delete_ratio": 0.5, "mass_delete_min": 10}
+
+
+def make_store(root: Path) -> None:
+    for folder in ("a", "a/deep", "b", "c"):
+        (root / folder).mkdir(parents=True)
+        for i in range(4):
+            (root / folder / f"f{i}.txt").write_text(f"{folder} {i}")
+    (root / "top.txt").write_text("top")
+    (root / "Thumbs.db").write_text("ignored, never synced")
+
+
+def scan(root: Path, index: Index) -> ScanResult:
+    return Scanner(root, index, Ignore(root), PEER, SETTINGS).scan()
+
+
+def live(index: Index) -> dict[str, tuple[str, str]]:
+    return {e.path: (e.kind, e.hash) for e in index.entries(live_only=True)}
+
+
+def rows_read(index: Index, root: Path) -> tuple[ScanResult, list[str]]:
+    """Scan, and list the statements that read rows of ``files`` one by one."""
+    statements: list[str] = []
+    index.db.set_trace_callback(statements.append)
+    try:
+        result = scan(root, index)
+    finally:
+        index.db.set_trace_callback(None)
+    return result, [s for s in statements if "FROM files" in s and "COUNT(" not in s]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, Index]:
+    root = tmp_path / "store"
+    make_store(root)
+    index = Index(tmp_path / "index.db")
+    scan(root, index)  # finds every file
+    scan(root, index)  # finds every folder as its rows say: digests recorded
+    return root, index
+
+
+def test_a_scan_that_finds_nothing_reads_no_row(store: tuple[Path, Index]) -> None:
+    root, index = store
+    assert set(index.folder_sums()) == {"", "a/", "a/deep/", "b/", "c/"}
+    result, reads = rows_read(index, root)
+    assert reads == []
+    assert (result.files, result.changed, result.deleted) == (17, 0, 0)
+
+
+def test_a_change_in_one_folder_reads_rows_and_keeps_the_other_digests(store: tuple[Path, Index]) -> None:
+    root, index = store
+    (root / "b" / "f1.txt").write_text("b 1 changed")
+    result, reads = rows_read(index, root)
+    assert reads and result.changed == 1
+    assert set(index.folder_sums()) == {"", "a/", "a/deep/", "c/"}  # b's rows changed: its digest went with them
+    scan(root, index)  # b is found as its rows say: its digest is recorded again
+    assert "b/" in index.folder_sums()
+    assert rows_read(index, root)[1] == []
+
+
+def _rewrite_same_size(root: Path) -> None:
+    path = root / "a" / "deep" / "f2.txt"
+    st = path.stat()
+    path.write_text("a/deep X")  # as long as before
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+MUTATIONS = {
+    "a file rewritten in place, same size": _rewrite_same_size,
+    "a file deleted": lambda root: (root / "c" / "f0.txt").unlink(),
+    "a file added": lambda root: (root / "a" / "deep" / "new.txt").write_text("new"),
+    "a folder deleted": lambda root: shutil.rmtree(root / "a" / "deep"),
+    "a folder added": lambda root: (root / "c" / "sub").mkdir(),
+    "a file made executable": lambda root: os.chmod(root / "b" / "f3.txt", 0o755),
+    "an ignored file added": lambda root: (root / "b" / "~$Quote.docx").write_text("lock"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_the_scan_finds_what_a_full_comparison_finds(tmp_path: Path, store: tuple[Path, Index],
+                                                     mutation: str) -> None:
+    root, index = store
+    MUTATIONS[mutation](root)
+    scan(root, index)
+    fresh = Index(tmp_path / "fresh.db")
+    scan(root, fresh)  # a new index has no digest: every file is read and hashed
+    assert live(index) == live(fresh)
+    # And the digests recorded after the change hide nothing either.
+    scan(root, index)
+    assert live(index) == live(fresh)
+
+
+def test_the_index_drops_a_folder_digest_when_a_row_in_it_changes(tmp_path: Path) -> None:
+    """An apply writes rows with no scan in between: the folder's digest must go with them."""
+    index = Index(tmp_path / "index.db")
+    folders = ["", "a/", "a/b/", "c/"]
+
+    def keep_all() -> None:
+        for folder in folders:
+            index.set_folder_sum(folder, b"d" * 16, [])
+
+    keep_all()
+    index.put(Entry(path="a/b/new.txt", hash="h"))
+    assert set(index.folder_sums()) == {"", "a/", "c/"}
+    keep_all()
+    index.put(Entry(path="top.txt", hash="h"))
+    assert set(index.folder_sums()) == {"a/", "a/b/", "c/"}
+    keep_all()
+    index.db.execute("UPDATE files SET path='c/moved.txt' WHERE path='a/b/new.txt'")
+    assert set(index.folder_sums()) == {"", "a/"}
+    keep_all()
+    index.db.execute("DELETE FROM files WHERE path='top.txt'")
+    assert set(index.folder_sums()) == {"a/", "a/b/", "c/"}
+
+
+def test_a_file_an_apply_wrote_and_the_user_deleted_before_a_scan_is_deleted(store: tuple[Path, Index]) -> None:
+    """The folder's listing is back to what its digest says, but its rows are not."""
+    root, index = store
+    (root / "b" / "remote.txt").write_text("from another peer")
+    index.put(Entry(path="b/remote.txt", hash="h", size=17))  # as an apply records it
+    (root / "b" / "remote.txt").unlink()
+    result = scan(root, index)
+    assert result.deleted == 1
+    row = index.get("b/remote.txt")
+    assert row is not None and row.deleted
+
+
+def test_a_live_row_under_no_folder_on_disk_is_found_gone(store: tuple[Path, Index]) -> None:
+    """Every folder's listing has its digest, yet the index holds a live row none of them lists:
+    the scan counts the live rows against what it walked and compares row by row."""
+    root, index = store
+    sums = index.folder_sums()
+    index.put(Entry(path="gone/orphan.txt", hash="h"))  # its folder has no row and is not on disk
+    assert index.folder_sums() == sums
+    result = scan(root, index)
+    assert result.deleted == 1
+    row = index.get("gone/orphan.txt")
+    assert row is not None and row.deleted
+
+
+def test_a_pattern_dropped_from_the_ignore_file_brings_back_a_file_in_an_unchanged_folder(tmp_path: Path) -> None:
+    """The folder `a/` is the same before and after; only the rules that decide what it holds changed."""
+    root = tmp_path / "store"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "keep.txt").write_text("k")
+    (root / "a" / "app.log").write_text("log")
+    (root / ".peersyncignore").write_text("*.log\n")
+    index = Index(tmp_path / "index.db")
+    scan(root, index)
+    scan(root, index)
+    assert "a/" in index.folder_sums() and index.get("a/app.log") is None
+    (root / ".peersyncignore").write_text("")
+    scan(root, index)
+    row = index.get("a/app.log")
+    assert row is not None and row.live
+
+
+def test_a_held_mass_deletion_stays_held_while_the_folders_are_unchanged(store: tuple[Path, Index]) -> None:
+    root, index = store
+    for folder in ("a", "b", "c", "a/deep"):
+        for i in range(4):
+            (root / folder / f"f{i}.txt").unlink()
+    for _ in range(3):
+        result = scan(root, index)
+        assert result.held_deletes == 16 and result.deleted == 0
+    assert sum(1 for e in index.entries(live_only=True) if e.kind == "file") == 17
