@@ -114,26 +114,34 @@ def test_the_scan_finds_what_a_full_comparison_finds(tmp_path: Path, store: tupl
 
 
 def test_the_index_drops_a_folder_digest_when_a_row_in_it_changes(tmp_path: Path) -> None:
-    """An apply writes rows with no scan in between: the folder's digest must go with them."""
+    """An apply writes rows with no scan in between: the folder's digest must go with them, in the
+    same transaction, and only if that transaction commits."""
     index = Index(tmp_path / "index.db")
-    folders = ["", "a/", "a/b/", "c/"]
+    folders = {"", "a/", "a/b/", "c/"}
 
     def keep_all() -> None:
         for folder in folders:
             index.set_folder_sum(folder, b"d" * 16, [])
 
     keep_all()
-    index.put(Entry(path="a/b/new.txt", hash="h"))
-    assert set(index.folder_sums()) == {"", "a/", "c/"}
+    index.put(Entry(path="a/b/new.txt", hash="h"))  # outside a transaction: at once
+    assert set(index.folder_sums()) == folders - {"a/b/"}
     keep_all()
-    index.put(Entry(path="top.txt", hash="h"))
-    assert set(index.folder_sums()) == {"a/", "a/b/", "c/"}
+    with index.tx():
+        index.put(Entry(path="top.txt", hash="h"))
+        assert set(index.folder_sums()) == folders - {""}  # read in the same transaction
+    assert set(index.folder_sums()) == folders - {""}
     keep_all()
-    index.db.execute("UPDATE files SET path='c/moved.txt' WHERE path='a/b/new.txt'")
-    assert set(index.folder_sums()) == {"", "a/"}
+    with index.tx():
+        index.put(Entry(path="a/b/new.txt", hash="h2"))
+    assert set(index.folder_sums()) == folders - {"a/b/"}
     keep_all()
-    index.db.execute("DELETE FROM files WHERE path='top.txt'")
-    assert set(index.folder_sums()) == {"a/", "a/b/", "c/"}
+    with pytest.raises(RuntimeError), index.tx():
+        index.put(Entry(path="c/x.txt", hash="h"))
+        raise RuntimeError("the transaction is rolled back: the row and the digest's drop with it")
+    assert set(index.folder_sums()) == folders and index.get("c/x.txt") is None
+    index.forget_stat("a")
+    assert index.folder_sums() == {}
 
 
 def test_a_file_an_apply_wrote_and_the_user_deleted_before_a_scan_is_deleted(store: tuple[Path, Index]) -> None:
