@@ -12,13 +12,15 @@ file's hash, so a wrong digest match costs a full copy, never a wrong file.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import mmap
 import os
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import fsutil
 
@@ -42,55 +44,66 @@ def _digest(view: memoryview) -> bytes:
 
 def hash_and_map(path: Path, window: int = 0) -> tuple[str, int, bytes]:
     """SHA-256 hex digest, size and packed chunk map of a file, reading it once in windows so memory stays
-    a window whatever the file's size. A second thread runs the SHA-256 of each window while this one
-    finds the cuts and digests the chunks (hashlib and fastcdc let go of the interpreter lock).
+    two windows whatever the file's size. A second thread runs the SHA-256 of each window while this one
+    finds the cuts; then both digest the window's chunks, from either end (hashlib and fastcdc let go of
+    the interpreter lock).
 
     Chunks are cut window by window: fastcdc decides a cut at ``p`` from ``p .. p + MAX_CHUNK`` only
     (see ``derive_map``), so a cut whose chunk starts at least MAX_CHUNK before the end of what was read
-    is final; the rest is carried into the next window. The map is that of the whole file."""
+    is final; the rest is carried into the next window, at the start of its buffer (two buffers take
+    turns, so a window is read in place and never copied). The map is that of the whole file."""
     window = window or _WINDOW
     if window <= MAX_CHUNK:
         raise ValueError("a window must hold more than the largest chunk")
     whole = hashlib.sha256()
     out = bytearray()
     size = 0
-    carry = b""
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as hasher:
+    carried = 0  # bytes at the start of the buffer, carried from the previous window
+    buffers = [bytearray(window), bytearray(window)]
+    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(1) as helper:
         hashing = None
-        while True:
-            block = _read_full(f, window - len(carry))
-            last = len(block) < window - len(carry)  # a short read: the end of the file
-            if hashing is not None:
-                hashing.result()
-            if block:
-                hashing = hasher.submit(whole.update, block)
-                size += len(block)
-            buf = carry + block if carry else block
-            view = memoryview(buf)
+        for turn in itertools.count():
+            buf = memoryview(buffers[turn % 2])
             try:
-                start = 0
-                if buf:
+                got = _read_into(f, buf[carried:])
+                last = carried + got < window  # a short read: the end of the file
+                if hashing is not None:
+                    hashing.result()  # the SHA-256 goes in order; and the other buffer is free again
+                if got:
+                    hashing = helper.submit(whole.update, buf[carried:carried + got])
+                    size += got
+                view = buf[:carried + got]
+                cuts: list[tuple[int, int]] = []
+                if view:
                     for c in _cuts(view):
-                        if not last and c.offset + MAX_CHUNK > len(buf):
+                        if not last and c.offset + MAX_CHUNK > len(view):
                             break  # not final yet: it may end elsewhere once more is read
-                        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
-                        start = c.offset + c.length
-                carry = bytes(view[start:])
+                        cuts.append((c.offset, c.length))
+                half = len(cuts) // 2
+                theirs = helper.submit(_digests, view, cuts[half:])  # after this window's SHA-256
+                out += b"".join(_digests(view, cuts[:half])) + b"".join(theirs.result())
+                start = cuts[-1][0] + cuts[-1][1] if cuts else 0
+                if last:
+                    break
+                carried = len(view) - start
+                memoryview(buffers[(turn + 1) % 2])[:carried] = view[start:]
             finally:
-                view.release()
-            if last:
-                break
+                buf.release()
         if hashing is not None:
             hashing.result()
     return whole.hexdigest(), size, bytes(out)
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
-    parts = []
-    while n > 0 and (piece := f.read(n)):
-        parts.append(piece)
-        n -= len(piece)
-    return b"".join(parts)
+def _digests(view: memoryview, cuts: list[tuple[int, int]]) -> list[bytes]:
+    return [_ENTRY.pack(length, _digest(view[offset:offset + length])) for offset, length in cuts]
+
+
+def _read_into(f: io.RawIOBase, buf: memoryview) -> int:
+    """Fill ``buf`` from ``f`` up to its end or the end of the file; how many bytes were read."""
+    done = 0
+    while done < len(buf) and (n := f.readinto(buf[done:])):
+        done += n
+    return done
 
 
 def chunks(packed: bytes) -> Iterator[tuple[int, int, bytes]]:
