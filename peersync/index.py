@@ -178,13 +178,13 @@ class Index:
         self._in_tx = True
         try:
             yield
+            self._drop_touched_sums()
         except BaseException:
             self.db.execute("ROLLBACK")
             self._trouble_cache = None
             self._touched.clear()
             raise
         else:
-            self._drop_touched_sums()
             self.db.execute("COMMIT")
         finally:
             self._in_tx = False
@@ -222,6 +222,8 @@ class Index:
              vv.dumps(e.vector), e.modified_by, e.local_seq, paths.case_key(e.path)),
         )
         self._touched.add(e.path[:e.path.rfind("/") + 1])
+        if e.kind == "dir" and e.deleted:
+            self._touched.add(e.path + "/")  # a folder gone: its own digest goes too
         if not self._in_tx:
             self._drop_touched_sums()
 

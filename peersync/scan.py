@@ -28,7 +28,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import delta, fsutil, paths
+import pathspec
+
+from . import __version__, delta, fsutil, paths
 from . import vector as vv
 from .ignore import IGNORE_FILE, Ignore
 from .index import Entry, Index
@@ -36,6 +38,8 @@ from .stop import StopCheck, never
 
 Progress = Callable[[str, int, int], None]  # (stage, items, bytes)
 StatRow = tuple[str, bool, int, int, int, int]  # an index row as a scan compares it: Index.stat_map
+# A folder entry as its digest covers it: (name, S_IFDIR) or (name, mode, size, mtime_ns, inode).
+Listed = tuple[str, int] | tuple[str, int, int, int, int]
 
 # Where a name is found whatever its letter case (Windows, macOS), a partial scan checks a
 # reported name against its folder's listing: "quote.txt" renamed "Quote.txt" is a new name.
@@ -47,11 +51,11 @@ KEEP_FILE_BYTES = 256 * 1024
 KEEP_BYTES = 32 * 1024 * 1024
 
 # A full scan keeps, per folder, a digest of its listing (names and the stat fields it compares)
-# from the last time it found the folder exactly as the index's rows say (Index.folder_sums; a
-# trigger drops it when a row of the folder changes). A folder whose listing has that digest
+# from the last time it found every entry of the folder as the index's rows say (Index.folder_sums;
+# Index.put drops it when a row of the folder changes). A folder whose listing has that digest
 # again is unchanged and its rows are not read: a scan that finds nothing reads no row. Digests
 # are kept only under the rules that decided what a folder holds: a change of the ignore rules,
-# of this format or of Python's marshal format drops them all.
+# of this format, of peersync's or pathspec's version or of Python's marshal format drops them all.
 SUMS_FORMAT = 1
 
 
@@ -222,15 +226,41 @@ class Scanner:
                 # Every folder is as its rows say, and no live row is anywhere else: nothing is gone.
                 self._deletions({}, set(), [], allow_deletes, result, live_files=result.files)
                 return result
-            for prefix, names in look.clean:  # folders whose rows were not read: all they hold is seen
-                look.seen.update(prefix + name for name in names)
+            self._check_clean(known(), look, result)
             self._deletions(known(), look.seen, look.skipped, allow_deletes, result, look.ignored_inodes)
         return result
 
+    def _check_clean(self, known: Mapping[str, StatRow], look: _Look, result: ScanResult) -> None:
+        """The rows are read after all: compare the folders found as their digests say too, entry by
+        entry as the walk does, so that a row written by something that did not drop its folder's
+        digest (an older peersync) is found; whatever differs is examined. Their entries are seen."""
+        any_mode = fsutil.IS_WINDOWS
+        for folder, prefix, listing, unsynced in look.clean:
+            for item in listing:
+                name = item[0]
+                if name in unsynced:
+                    continue
+                rel = prefix + name
+                look.seen.add(rel)
+                row = known.get(rel)
+                if len(item) == 2:  # a folder
+                    if row is None or row[1] or row[0] != "dir":
+                        self._examine_dir(rel)
+                    continue
+                if (row is not None and row[0] == "file" and not row[1] and row[2:5] == item[2:5]
+                        and (any_mode or row[5] == (0o755 if item[1] & 0o100 else 0o644))):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(folder, name))
+                except OSError:
+                    continue  # gone meanwhile: the next scan sees it
+                if statmod.S_ISREG(st.st_mode):
+                    self._examine_file(rel, Path(folder, name), st, result)
+
     def _folder_sums(self) -> dict[str, tuple[bytes, frozenset[str]]]:
         """The folder digests the index holds, if they were taken under the rules in force now."""
-        rules = hashlib.sha256(f"{SUMS_FORMAT} {sys.version_info[:2]} {fsutil.TEMP_PREFIX}\n"
-                               f"{self.ignore.rules}".encode("utf-8", "surrogatepass")).hexdigest()
+        versions = f"{SUMS_FORMAT} {__version__} {pathspec.__version__} {sys.version_info[:2]} {fsutil.TEMP_PREFIX}"
+        rules = hashlib.sha256(f"{versions}\n{self.ignore.rules}".encode("utf-8", "surrogatepass")).hexdigest()
         if self.index.get_meta("folder_sums_rules") != rules:
             self.index.drop_folder_sums()
             self.index.set_meta("folder_sums_rules", rules)
@@ -292,11 +322,13 @@ class Scanner:
                     if stop():
                         result.stopped = True
                         break
-                    digest = _listing_digest(folder, entries, dir_fd)
-                    kept = sums.get(prefix)
-                    if digest is not None and kept is not None and kept[0] == digest:
-                        self._clean_folder(folder, prefix, entries, kept[1], stack, look, result)
-                        continue
+                    listed = _listing(folder, entries, dir_fd)
+                    if listed is not None:
+                        digest = hashlib.blake2b(marshal.dumps(listed), digest_size=16).digest()
+                        kept = sums.get(prefix)
+                        if kept is not None and kept[0] == digest:
+                            self._clean_folder(folder, prefix, listed, kept[1], stack, look, result)
+                            continue
                 if known_row is None:
                     known_row = known().get
                 plain = digest is not None  # all this folder holds is as its rows say, or never synced
@@ -387,21 +419,23 @@ class Scanner:
                 if dir_fd >= 0:
                     os.close(dir_fd)
 
-    def _clean_folder(self, folder: str, prefix: str, entries: list[os.DirEntry[str]], unsynced: frozenset[str],
+    def _clean_folder(self, folder: str, prefix: str, listing: list[Listed], unsynced: frozenset[str],
                       stack: list[tuple[str, str]], look: _Look, result: ScanResult) -> None:
         """A folder whose listing has its digest: what it holds is counted and its folders walked."""
-        names = [de.name for de in entries if de.name not in unsynced] if unsynced else [de.name for de in entries]
-        files = 0
-        for de in entries:
-            name = de.name
-            if unsynced and name in unsynced:
+        files = synced = 0
+        for item in listing:
+            name = item[0]
+            if name in unsynced:
+                if len(item) > 2:  # an ignored file whose inode may be a moved-aside original's
+                    look.ignored_inodes.add(item[4])
                 continue
-            if de.is_dir(follow_symlinks=False):  # no call to the OS: its lstat is cached
+            synced += 1
+            if len(item) == 2:
                 stack.append((os.path.join(folder, name), prefix + name + "/"))
             else:
                 files += 1
-        look.clean.append((prefix, names))
-        look.unread += len(names)
+        look.clean.append((folder, prefix, listing, unsynced))
+        look.unread += synced
         result.files += files
         if files:
             self.progress("scan", files, 0)
@@ -646,9 +680,9 @@ class _Look:
     skipped: list[str] = dataclasses.field(default_factory=list)
     ignored_inodes: set[int] = dataclasses.field(default_factory=set)
     listings: dict[Path, set[str]] = dataclasses.field(default_factory=dict)
-    # A full scan: folders found as their digests say (prefix, the names in them that sync), and how
-    # many paths those are: their rows were not read.
-    clean: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)
+    # A full scan: folders found as their digests say (folder, prefix, listing, names that never sync),
+    # and how many synced paths those hold: their rows were not read.
+    clean: list[tuple[str, str, list[Listed], frozenset[str]]] = dataclasses.field(default_factory=list)
     unread: int = 0
 
     def listing(self, folder: Path) -> set[str]:
@@ -668,10 +702,10 @@ class _Look:
         return any("/".join(parts[:i]) in self.trees for i in range(1, len(parts)))
 
 
-def _listing_digest(folder: str, entries: list[os.DirEntry[str]], dir_fd: int) -> bytes | None:
-    """A digest of a folder's listing: each entry's name and the stat fields a scan compares (a
-    folder by name only: what it holds has a digest of its own). None if an entry is gone."""
-    items: list[tuple[str, int] | tuple[str, int, int, int, int]] = []
+def _listing(folder: str, entries: list[os.DirEntry[str]], dir_fd: int) -> list[Listed] | None:
+    """A folder's listing as its digest covers it: each entry's name and the stat fields a scan
+    compares (a folder by name only: what it holds has a digest of its own). None if an entry is gone."""
+    items: list[Listed] = []
     append = items.append
     try:
         for de in entries:
@@ -685,4 +719,4 @@ def _listing_digest(folder: str, entries: list[os.DirEntry[str]], dir_fd: int) -
                 append((de.name, mode, st.st_size, st.st_mtime_ns, st.st_ino))
     except OSError:
         return None
-    return hashlib.blake2b(marshal.dumps(items), digest_size=16).digest()
+    return items

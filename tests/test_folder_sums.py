@@ -33,8 +33,9 @@ def make_store(root: Path) -> None:
     (root / "Thumbs.db").write_text("ignored, never synced")
 
 
-def scan(root: Path, index: Index) -> ScanResult:
-    return Scanner(root, index, Ignore(root), PEER, SETTINGS).scan()
+def scan(root: Path, index: Index, delete_delay: float = 0.0,
+         missing: dict[str, float] | None = None) -> ScanResult:
+    return Scanner(root, index, Ignore(root), PEER, SETTINGS, missing_since=missing, delete_delay=delete_delay).scan()
 
 
 def live(index: Index) -> dict[str, tuple[str, str]]:
@@ -195,3 +196,80 @@ def test_a_held_mass_deletion_stays_held_while_the_folders_are_unchanged(store: 
         result = scan(root, index)
         assert result.held_deletes == 16 and result.deleted == 0
     assert sum(1 for e in index.entries(live_only=True) if e.kind == "file") == 17
+
+
+def _quote_store(tmp_path: Path) -> tuple[Path, Index]:
+    root = tmp_path / "store"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "Quote.docx").write_text("v1")
+    (root / "docs" / "other.txt").write_text("o")
+    index = Index(tmp_path / "index.db")
+    scan(root, index)
+    scan(root, index)
+    return root, index
+
+
+def test_a_document_an_editor_moved_aside_is_not_deleted_on_later_scans(tmp_path: Path) -> None:
+    """Word saves by renaming "Quote.docx" to "~WRL0001.tmp" (ignored) for a moment; a crash mid-save
+    leaves it there. Every scan must find the original's inode under the ignored name, also once the
+    folder's listing is as its digest says: the folder is not compared, but its ignored inodes count."""
+    root, index = _quote_store(tmp_path)
+    os.rename(root / "docs" / "Quote.docx", root / "docs" / "~WRL0001.tmp")
+    for _ in range(3):
+        result = scan(root, index)
+        assert (result.moved_aside, result.deleted) == (1, 0)
+    row = index.get("docs/Quote.docx")
+    assert row is not None and row.live
+
+
+def test_a_moved_aside_document_does_not_start_the_delete_delay(tmp_path: Path) -> None:
+    """The service's path: a deletion waits ``delete_delay`` from the first scan that misses the file,
+    and a rename-aside is no missing file at all."""
+    root, index = _quote_store(tmp_path)
+    missing: dict[str, float] = {}
+    os.rename(root / "docs" / "Quote.docx", root / "docs" / "~WRL0001.tmp")
+    for _ in range(3):
+        assert scan(root, index, 60.0, missing).moved_aside == 1
+        assert "docs/Quote.docx" not in missing
+
+
+def test_an_ignored_hard_link_in_an_unchanged_folder_keeps_the_original(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "a" / "Quote.docx").write_text("v1")
+    (root / "b" / "x.txt").write_text("x")
+    os.link(root / "a" / "Quote.docx", root / "b" / "~WRL0001.tmp")
+    index = Index(tmp_path / "index.db")
+    scan(root, index)
+    scan(root, index)
+    assert "b/" in index.folder_sums()
+    (root / "a" / "Quote.docx").unlink()
+    result = scan(root, index)
+    assert (result.moved_aside, result.deleted) == (1, 0)
+
+
+def test_a_row_written_without_dropping_the_digest_is_compared_once_rows_are_read(tmp_path: Path) -> None:
+    """A writer that knows nothing of digests (peersync before them, after a downgrade) marked the
+    document deleted; the user put the file back (same inode and time). The listing has its old digest,
+    but the live-row count differs, the rows are read, and each entry of the folder is compared."""
+    root, index = _quote_store(tmp_path)
+    quote = root / "docs" / "Quote.docx"
+    os.rename(quote, tmp_path / "trash")
+    index.db.execute("UPDATE files SET deleted=1 WHERE path='docs/Quote.docx'")  # as that writer's scan did
+    os.rename(tmp_path / "trash", quote)
+    result = scan(root, index)
+    assert result.changed == 1
+    row = index.get("docs/Quote.docx")
+    assert row is not None and row.live
+
+
+def test_a_deleted_folder_takes_its_digest_along(store: tuple[Path, Index]) -> None:
+    root, index = store
+    (root / "c" / "empty").mkdir()
+    scan(root, index)
+    scan(root, index)
+    assert "c/empty/" in index.folder_sums()
+    (root / "c" / "empty").rmdir()
+    scan(root, index)
+    assert "c/empty/" not in index.folder_sums()
