@@ -235,8 +235,8 @@ class Scanner:
         entry as the walk does, so that a row written by something that did not drop its folder's
         digest (an older peersync) is found; whatever differs is examined. Their entries are seen."""
         any_mode = fsutil.IS_WINDOWS
-        for folder, prefix, listing, unsynced in look.clean:
-            for item in listing:
+        for folder, prefix, packed, unsynced in look.clean:
+            for item in marshal.loads(packed):
                 name = item[0]
                 if name in unsynced:
                     continue
@@ -324,10 +324,11 @@ class Scanner:
                         break
                     listed = _listing(folder, entries, dir_fd)
                     if listed is not None:
-                        digest = hashlib.blake2b(marshal.dumps(listed), digest_size=16).digest()
+                        packed = marshal.dumps(listed)
+                        digest = hashlib.blake2b(packed, digest_size=16).digest()
                         kept = sums.get(prefix)
                         if kept is not None and kept[0] == digest:
-                            self._clean_folder(folder, prefix, listed, kept[1], stack, look, result)
+                            self._clean_folder(folder, prefix, listed, packed, kept[1], stack, look, result)
                             continue
                 if known_row is None:
                     known_row = known().get
@@ -419,9 +420,10 @@ class Scanner:
                 if dir_fd >= 0:
                     os.close(dir_fd)
 
-    def _clean_folder(self, folder: str, prefix: str, listing: list[Listed], unsynced: frozenset[str],
-                      stack: list[tuple[str, str]], look: _Look, result: ScanResult) -> None:
-        """A folder whose listing has its digest: what it holds is counted and its folders walked."""
+    def _clean_folder(self, folder: str, prefix: str, listing: list[Listed], packed: bytes,
+                      unsynced: frozenset[str], stack: list[tuple[str, str]], look: _Look, result: ScanResult) -> None:
+        """A folder whose listing has its digest: what it holds is counted and its folders walked.
+        The listing is kept ``packed`` (marshal): a tenth of the memory of its tuples."""
         files = synced = 0
         for item in listing:
             name = item[0]
@@ -434,7 +436,7 @@ class Scanner:
                 stack.append((os.path.join(folder, name), prefix + name + "/"))
             else:
                 files += 1
-        look.clean.append((folder, prefix, listing, unsynced))
+        look.clean.append((folder, prefix, packed, unsynced))
         look.unread += synced
         result.files += files
         if files:
@@ -680,9 +682,9 @@ class _Look:
     skipped: list[str] = dataclasses.field(default_factory=list)
     ignored_inodes: set[int] = dataclasses.field(default_factory=set)
     listings: dict[Path, set[str]] = dataclasses.field(default_factory=dict)
-    # A full scan: folders found as their digests say (folder, prefix, listing, names that never sync),
-    # and how many synced paths those hold: their rows were not read.
-    clean: list[tuple[str, str, list[Listed], frozenset[str]]] = dataclasses.field(default_factory=list)
+    # A full scan: folders found as their digests say (folder, prefix, marshalled listing, names that
+    # never sync), and how many synced paths those hold: their rows were not read.
+    clean: list[tuple[str, str, bytes, frozenset[str]]] = dataclasses.field(default_factory=list)
     unread: int = 0
 
     def listing(self, folder: Path) -> set[str]:
