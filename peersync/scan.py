@@ -361,9 +361,18 @@ class Scanner:
                             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                         else:
                             st = de.stat(follow_symlinks=False)
-                    except OSError:
+                    except FileNotFoundError:
                         plain = False
                         continue  # gone while we looked
+                    except OSError as exc:
+                        # Listed but not readable (in a folder without search permission, say): not
+                        # gone. Neither it nor anything the index holds under it is deleted.
+                        plain = False
+                        mark_seen(rel)
+                        skipped_dirs.append(rel + "/")
+                        result.problems.append((rel, f"the path cannot be read ({exc.strerror})",
+                                                "check its permissions"))
+                        continue
                     kind = st.st_mode & 0o170000  # statmod.S_IFMT, without a call
                     is_dir = kind == statmod.S_IFDIR
                     if name.startswith(temp_prefix):

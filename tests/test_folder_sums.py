@@ -273,3 +273,26 @@ def test_a_deleted_folder_takes_its_digest_along(store: tuple[Path, Index]) -> N
     (root / "c" / "empty").rmdir()
     scan(root, index)
     assert "c/empty/" not in index.folder_sums()
+
+
+def test_an_entry_that_cannot_be_read_is_reported_not_deleted(tmp_path: Path, monkeypatch) -> None:
+    """A folder readable but not searchable lists its names, and a stat of each fails with EACCES. That
+    is no deletion: the file's row stays live and the scan reports the path every time. (Faked at the
+    stat call, as root reads everything; the scan stats by path where it has no folder descriptor.)"""
+    root, index = _quote_store(tmp_path)
+    monkeypatch.setattr(os, "supports_fd", set())
+    real_lstat = os.lstat
+    quote = os.fspath(root / "docs" / "Quote.docx")
+
+    def lstat(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fspath(path) == quote:
+            raise PermissionError(13, "Permission denied", quote)
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    for _ in range(2):
+        result = scan(root, index)
+        assert result.deleted == 0 and result.held_deletes == 0
+        assert [p for p, _m, _h in result.problems] == ["docs/Quote.docx"]
+    row = index.get("docs/Quote.docx")
+    assert row is not None and row.live
