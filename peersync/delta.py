@@ -276,10 +276,7 @@ def _release(mm: mmap.mmap, start: int, end: int) -> None:
 
 def map_of(view: memoryview) -> bytes:
     """The packed chunk map of some content."""
-    out = bytearray()
-    for c in _cuts(view):
-        out += _ENTRY.pack(c.length, _digest(view[c.offset:c.offset + c.length]))
-    return bytes(out)
+    return b"".join(_digests(view, [(c.offset, c.length) for c in _cuts(view)]))
 
 
 def derive_map(base_map: bytes, base_size: int, ops: Ops, new: memoryview) -> bytes:

@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS versions(
 CREATE INDEX IF NOT EXISTS versions_path ON versions(path);
 CREATE TABLE IF NOT EXISTS corrections(
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, subject TEXT NOT NULL, action TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS folder_sums(folder TEXT PRIMARY KEY, digest BLOB NOT NULL, unsynced TEXT NOT NULL);
 """
 
 
@@ -93,9 +94,6 @@ CHUNKMAPS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunkmaps(
     hash TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL, map BLOB NOT NULL, made REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS chunkmaps_path ON chunkmaps(path);
-"""
-FOLDER_SUMS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS folder_sums(folder TEXT PRIMARY KEY, digest BLOB NOT NULL, unsynced TEXT NOT NULL);
 """
 CHUNKMAPS_KEPT = 1000  # the most recently made maps are kept
 
@@ -147,7 +145,6 @@ class Index:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         self.db.executescript(CHUNKMAPS_SCHEMA)
-        self.db.executescript(FOLDER_SUMS_SCHEMA)
         self._migrate()
         if self.get_meta("schema") is None:
             self.set_meta("schema", str(SCHEMA_VERSION))
