@@ -155,6 +155,10 @@ class Index:
         self._touched: set[str] = set()
         self._sibling_cache: set[str] | None = None
         self._trouble_cache: set[str] | None = None  # paths with a pending operation or an apply error
+        # This peer's counter as the open transaction has moved it (written once, at its commit):
+        # a scan of 10,000 new files takes 10,000 of them. Read afresh by each transaction, as
+        # another process may have moved it in between.
+        self._clock: int | None = None
 
     def _migrate(self) -> None:
         """Columns added since the first release (CREATE TABLE IF NOT EXISTS does not add them)."""
@@ -176,6 +180,8 @@ class Index:
         try:
             yield
             self._drop_touched_sums()
+            if self._clock is not None:
+                self.set_meta("clock", self._clock)
         except BaseException:
             self.db.execute("ROLLBACK")
             self._trouble_cache = None
@@ -185,6 +191,7 @@ class Index:
             self.db.execute("COMMIT")
         finally:
             self._in_tx = False
+            self._clock = None
 
     # -- meta -----------------------------------------------------------------
 
@@ -202,9 +209,10 @@ class Index:
     def next_clock(self) -> int:
         """This peer's next counter: strictly increasing, never reused."""
         with self.tx():
-            n = self.meta_int("clock") + 1
-            self.set_meta("clock", n)
-        return n
+            if self._clock is None:
+                self._clock = self.meta_int("clock")
+            self._clock += 1
+            return self._clock
 
     # -- files ----------------------------------------------------------------
 
@@ -213,14 +221,19 @@ class Index:
         return None if row is None else _entry(row)
 
     def put(self, e: Entry) -> None:
-        self.db.execute(
-            f"INSERT OR REPLACE INTO files({_COLUMNS}, ckey) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
-            (e.path, e.kind, int(e.deleted), e.hash, e.size, e.mtime_ns, e.mode, e.inode,
-             vv.dumps(e.vector), e.modified_by, e.local_seq, paths.case_key(e.path)),
-        )
-        self._touched.add(e.path[:e.path.rfind("/") + 1])
-        if e.kind == "dir" and e.deleted:
-            self._touched.add(e.path + "/")  # a folder gone: its own digest goes too
+        self.put_many((e,))
+
+    def put_many(self, entries: Iterable[Entry]) -> None:
+        """Write rows (one statement for them all: a batch of applied files)."""
+        touched = self._touched
+        rows = []
+        for e in entries:
+            rows.append((e.path, e.kind, int(e.deleted), e.hash, e.size, e.mtime_ns, e.mode, e.inode,
+                         vv.dumps(e.vector), e.modified_by, e.local_seq, paths.case_key(e.path)))
+            touched.add(e.path[:e.path.rfind("/") + 1])
+            if e.kind == "dir" and e.deleted:
+                touched.add(e.path + "/")  # a folder gone: its own digest goes too
+        self.db.executemany(f"INSERT OR REPLACE INTO files({_COLUMNS}, ckey) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         if not self._in_tx:
             self._drop_touched_sums()
 
@@ -352,9 +365,13 @@ class Index:
 
     def add_intent(self, e: Entry, siblings: list[Entry]) -> None:
         """Before a rename: the row and the siblings the path will have once it is done."""
-        text = json.dumps({"entry": e.to_dict(), "siblings": [s.to_dict() for s in siblings]})
+        self.add_intents(((e, siblings),))
+
+    def add_intents(self, intents: Iterable[tuple[Entry, list[Entry]]]) -> None:
+        rows = [(e.path, json.dumps({"entry": e.to_dict(), "siblings": [s.to_dict() for s in siblings]}))
+                for e, siblings in intents]
         with self.tx():
-            self.db.execute("INSERT OR REPLACE INTO intents(path, entry) VALUES(?, ?)", (e.path, text))
+            self.db.executemany("INSERT OR REPLACE INTO intents(path, entry) VALUES(?, ?)", rows)
 
     def intents(self) -> list[tuple[Entry, list[Entry]]]:
         out = []
@@ -403,7 +420,10 @@ class Index:
             yield Entry.from_dict(json.loads(text))
 
     def drop_intent(self, path: str) -> None:
-        self.db.execute("DELETE FROM intents WHERE path=?", (path,))
+        self.drop_intents((path,))
+
+    def drop_intents(self, done: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM intents WHERE path=?", [(path,) for path in done])
 
     # -- errors ---------------------------------------------------------------
 

@@ -1,8 +1,10 @@
-"""The index's schema over time: a state folder from an earlier release opens and works."""
+"""The index: its schema over time (a state folder from an earlier release opens and works), and its clock."""
 
 from __future__ import annotations
 
 import sqlite3
+
+import pytest
 
 from peersync.index import Index
 
@@ -29,3 +31,27 @@ def test_an_index_from_before_seen_cycle_gets_the_column(tmp_path):
         assert index.pending()[0][5] == 1
     finally:
         index.close()
+
+
+def test_the_clock_is_kept_by_commits_only_and_read_afresh_by_each_transaction(tmp_path):
+    """``next_clock`` moves the counter in memory for the open transaction and writes it at the commit:
+    numbers handed out in a transaction that rolls back are not kept, one that commits keeps them all,
+    and a later transaction sees what another connection (another process) did meanwhile."""
+    path = tmp_path / "index.db"
+    index, other = Index(path), Index(path)
+    try:
+        assert index.next_clock() == 1  # outside a transaction: its own
+        with index.tx():
+            assert [index.next_clock() for _ in range(3)] == [2, 3, 4]
+            assert index.meta_int("clock") == 1  # not written until the commit
+        assert index.meta_int("clock") == 4 == other.meta_int("clock")
+        with pytest.raises(RuntimeError), index.tx():
+            assert index.next_clock() == 5
+            raise RuntimeError
+        assert other.meta_int("clock") == 4
+        assert other.next_clock() == 5
+        with index.tx():
+            assert index.next_clock() == 6  # not a number held over from before
+    finally:
+        index.close()
+        other.close()
