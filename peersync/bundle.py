@@ -133,15 +133,23 @@ def signed_message(head: bytes, ciphertext: bytes) -> bytes:
 # -- records ------------------------------------------------------------------
 
 
+# One encoder for every record: ``json.dumps`` with options builds a new one per call.
+_encode_meta = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 @dataclasses.dataclass
 class Record:
-    """One operation: ``meta`` is a JSON object, ``data`` the content bytes it carries."""
+    """One operation: ``meta`` is a JSON object, ``data`` the content bytes it carries.
+    ``meta`` is encoded once, when the record is first sized or encoded: it is not changed after."""
 
     meta: dict[str, Any]
     data: bytes = b""
+    _meta_json: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def _meta_bytes(self) -> bytes:
-        return json.dumps(self.meta, separators=(",", ":"), ensure_ascii=False).encode()
+        if self._meta_json is None:
+            self._meta_json = _encode_meta(self.meta).encode()
+        return self._meta_json
 
     def encode(self) -> bytes:
         meta = self._meta_bytes()

@@ -55,8 +55,11 @@ def merge(*vectors: Vector) -> Vector:
     return out
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps with options builds one a call
+
+
 def dumps(v: Vector) -> str:
-    return json.dumps({k: v[k] for k in sorted(v) if v[k]}, separators=(",", ":"))
+    return _encode({k: v[k] for k in sorted(v) if v[k]})
 
 
 def loads(text: str | None) -> Vector:
