@@ -151,6 +151,7 @@ class _Queued:
     tmp: Path
     target: Path
     siblings: list[Entry]
+    device: int  # the filesystem it is written on (st_dev)
 
 
 def _vectors(entries: list[Entry]) -> list[str]:
@@ -368,14 +369,15 @@ class Applier:
         if not self._link_free(remote.path):
             raise Skip(f"{remote.path} lies under a symbolic link; peersync never reads or writes through one",
                        "replace the link with a real folder")
+        target = paths.join(self.root, remote.path)
         try:
-            local = self.scanner.refresh(remote.path, links_checked=True)
+            local = self.scanner.refresh(remote.path, links_checked=True, abspath=target)
         except PathError:
             raise
         except OSError as exc:
             raise Retry(f"cannot read {remote.path} before applying a change ({exc.strerror})") from exc
         if local is None:
-            self._enact(None, remote, m, data, siblings=[])
+            self._enact(None, remote, m, data, target, siblings=[])
             return
         siblings = self.index.siblings(remote.path)
         known = [local, *siblings]
@@ -405,7 +407,7 @@ class Applier:
         # current version (concurrent, lost); if it is superseded it goes to the versions archive.
         keep = local in rest and local.live and local.kind == "file"
         self.conflicts += keep
-        self._enact(local, best, wm, wdata, keep_local_as_conflict=keep, siblings=rest)
+        self._enact(local, best, wm, wdata, target, keep_local_as_conflict=keep, siblings=rest)
 
     def _keep_losing_content(self, remote: Entry, data: bytes | Path | None, local: Entry) -> None:
         """Keep a concurrent version that lost in the versions archive: it goes on disk if the
@@ -443,12 +445,12 @@ class Applier:
     # -- doing ----------------------------------------------------------------
 
     def _enact(self, local: Entry | None, remote: Entry, m: dict[str, Any], data: bytes | Path | None,
-               siblings: list[Entry], keep_local_as_conflict: bool = False) -> None:
-        """Put ``remote`` on disk; ``siblings`` are the path's other current versions once it is there."""
+               target: Path, siblings: list[Entry], keep_local_as_conflict: bool = False) -> None:
+        """Put ``remote`` on disk at ``target`` (its path joined to the root); ``siblings`` are the
+        path's other current versions once it is there."""
         if not self._link_free(remote.path):
             raise Skip(f"{remote.path} lies under a symbolic link; peersync never writes through one",
                        "replace the link with a real folder")
-        target = paths.join(self.root, remote.path)
         if remote.deleted:
             self._delete(local, remote, target, siblings)
         elif remote.kind == "dir":
@@ -621,7 +623,7 @@ class Applier:
                         st.st_ino, remote.vector, remote.modified_by, 0)
             if queue:
                 assert isinstance(data, bytes)
-                self._queue.append(_Queued(m, data, local, new, tmp, target, siblings))
+                self._queue.append(_Queued(m, data, local, new, tmp, target, siblings, st.st_dev))
                 self._queued_keys.add(paths.case_key(remote.path))
                 queued = True
                 if len(self._queue) >= QUEUE_MAX:
@@ -686,10 +688,8 @@ class Applier:
                     self._record_rows(rows)
             return
         try:
-            fsutil.sync_files([q.tmp for q in queue])
-            with self.index.tx():
-                for q in queue:
-                    self.index.add_intent(q.new, q.siblings)
+            fsutil.sync_files([q.tmp for q in queue], devices={q.device: q.tmp for q in queue})
+            self.index.add_intents((q.new, q.siblings) for q in queue)
         except OSError as exc:
             for q in queue:
                 q.tmp.unlink(missing_ok=True)
@@ -705,13 +705,13 @@ class Applier:
             except Retry as exc:
                 q.tmp.unlink(missing_ok=True)
                 failed.append((q, exc))
-        fsutil.sync_folders({q.target.parent for q in done})
+        fsutil.sync_folders({os.path.dirname(q.target) for q in done})
         with self.index.tx():
             self._record_rows(rows)
+            self.index.put_many(q.new for q in done)
             for q in done:
-                self._record_put(q.new, q.siblings, None)
-            for q, _ in failed:
-                self.index.drop_intent(q.new.path)
+                self.index.set_siblings(q.new.path, q.siblings)
+            self.index.drop_intents(q.new.path for q in queue)
         for q, why in failed:
             self._keep_for_later(q.m, q.data, why)
 

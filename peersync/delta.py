@@ -42,7 +42,7 @@ def _digest(view: memoryview) -> bytes:
     return hashlib.sha1(view, usedforsecurity=False).digest()[:8]
 
 
-def hash_and_map(path: Path, window: int = 0) -> tuple[str, int, bytes]:
+def hash_and_map(path: str | Path, window: int = 0) -> tuple[str, int, bytes]:
     """SHA-256 hex digest, size and packed chunk map of a file, reading it once in windows so memory stays
     two windows whatever the file's size. A second thread runs the SHA-256 of each window while this one
     finds the cuts; then both digest the window's chunks, from either end (hashlib and fastcdc let go of

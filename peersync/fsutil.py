@@ -23,7 +23,7 @@ TEMP_PREFIX = ".peersync-tmp-"
 IS_WINDOWS = sys.platform == "win32"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make a rename or create inside ``path`` durable (a no-op where unsupported)."""
     if IS_WINDOWS:
         return
@@ -39,18 +39,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _syncfs(path: Path) -> bool:
+def _syncfs(path: str | Path) -> bool:
     """Linux: write back every dirty file of the filesystem holding ``path`` at once (syncfs(2))."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = libc.syncfs
-    except (OSError, AttributeError):
+    if _libc_syncfs is None:
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        if syncfs(fd) != 0:
+        if _libc_syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
     finally:
@@ -68,6 +63,7 @@ def _linux_libc_function(name: str) -> Any:
         return None
 
 
+_libc_syncfs = _linux_libc_function("syncfs")
 _sync_file_range = _linux_libc_function("sync_file_range")
 if _sync_file_range is not None:
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -83,27 +79,28 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _devices(paths: set[Path]) -> dict[int, Path]:
+def _devices(paths: set[str] | set[Path]) -> dict[int, str | Path]:
     """One path per filesystem among ``paths``."""
-    out: dict[int, Path] = {}
+    out: dict[int, str | Path] = {}
     for p in paths:
         out.setdefault(os.stat(p).st_dev, p)
     return out
 
 
-def sync_files(files: list[Path]) -> None:
+def sync_files(files: list[Path], devices: dict[int, Path] | None = None) -> None:
     """Make the content of many just-written files durable: one syncfs per filesystem on Linux, where
-    an fsync per file would cost a journal commit each; an fsync per file elsewhere."""
+    an fsync per file would cost a journal commit each; an fsync per file elsewhere. ``devices``:
+    one of the files per filesystem they are on (st_dev), when the caller has them from a stat."""
     if not files:
         return
-    if all(_syncfs(p) for p in _devices(set(files)).values()):
+    if all(_syncfs(p) for p in (devices or _devices(set(files))).values()):
         return
     for p in files:
         with open(p, "rb+") as f:
             os.fsync(f.fileno())
 
 
-def sync_folders(folders: set[Path]) -> None:
+def sync_folders(folders: set[str] | set[Path]) -> None:
     """Make renames into many folders durable (see ``sync_files``)."""
     if IS_WINDOWS or not folders:
         return
@@ -161,7 +158,7 @@ def hash_stream(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def hash_file(path: Path) -> tuple[str, int]:
+def hash_file(path: str | Path) -> tuple[str, int]:
     """SHA-256 hex digest and size of a file, read in bounded chunks."""
     with open(path, "rb") as f:
         return hash_stream(f)

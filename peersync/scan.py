@@ -129,8 +129,9 @@ class Scanner:
         self.index.put(entry)
         return entry
 
-    def _examine_file(self, rel: str, abspath: Path, st: os.stat_result, result: ScanResult) -> None:
-        entry = self.index.get(rel)
+    def _examine_file(self, rel: str, abspath: str | Path, st: os.stat_result, result: ScanResult,
+                      entry: Entry | None) -> None:
+        """Hash the file at ``rel`` (stat ``st``) and record it if it changed; ``entry`` is its row."""
         mode = entry.mode if (fsutil.IS_WINDOWS and entry) else file_mode(st)
         chunk_map = b""
         try:
@@ -181,10 +182,12 @@ class Scanner:
         self._new_version(entry, path=entry.path, kind=entry.kind, deleted=True, hash=entry.hash,
                           size=entry.size, mtime_ns=entry.mtime_ns, mode=entry.mode)
 
-    def refresh(self, rel: str, links_checked: bool = False) -> Entry | None:
+    def refresh(self, rel: str, links_checked: bool = False, abspath: Path | None = None) -> Entry | None:
         """Bring one path's index row up to date with the disk (the check before an apply).
-        ``links_checked``: the caller has just found no link among the folders of ``rel``."""
-        abspath = paths.join(self.root, rel)
+        ``links_checked``: the caller has just found no link among the folders of ``rel``;
+        ``abspath``: ``rel`` joined to the root, if the caller has it."""
+        if abspath is None:
+            abspath = paths.join(self.root, rel)
         entry = self.index.get(rel)
         if not links_checked and not paths.inside_without_links(self.root, rel):
             return entry  # under a symbolic link: outside the store, never looked at
@@ -202,7 +205,7 @@ class Scanner:
         elif statmod.S_ISREG(st.st_mode):
             if not (entry and entry.live and entry.kind == "file"
                     and (entry.size, entry.mtime_ns, entry.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)):
-                self._examine_file(rel, abspath, st, ScanResult())
+                self._examine_file(rel, abspath, st, ScanResult(), entry)
         return self.index.get(rel)
 
     # -- the whole store ------------------------------------------------------
@@ -255,7 +258,8 @@ class Scanner:
                 except OSError:
                     continue  # gone meanwhile: the next scan sees it
                 if statmod.S_ISREG(st.st_mode):
-                    self._examine_file(rel, Path(folder, name), st, result)
+                    self._examine_file(rel, os.path.join(folder, name), st, result,
+                                       None if row is None else self.index.get(rel))
 
     def _folder_sums(self) -> dict[str, tuple[bytes, frozenset[str]]]:
         """The folder digests the index holds, if they were taken under the rules in force now."""
@@ -418,7 +422,8 @@ class Scanner:
                     plain = False
                     self.progress("scan", counted, 0)
                     counted = 0
-                    self._examine_file(rel, Path(folder, name), st, result)
+                    self._examine_file(rel, os.path.join(folder, name), st, result,
+                                       None if old is None else self.index.get(rel))  # no row: no query
                     self.progress("hash", 1, st.st_size)
                 if counted:
                     self.progress("scan", counted, 0)
@@ -638,7 +643,7 @@ class Scanner:
         if (old is not None and old.kind == "file" and old.live and mode_same
                 and (old.size, old.mtime_ns, old.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)):
             return
-        self._examine_file(rel, path, st, result)
+        self._examine_file(rel, path, st, result, old)
         self.progress("hash", 1, st.st_size)
 
     @staticmethod
