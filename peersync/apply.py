@@ -138,6 +138,7 @@ def remote_entry(m: dict[str, Any]) -> Entry:
 
 
 QUEUE_MAX = 2000  # files written before they are put in place together
+_UTIME_BY_FD = os.utime in os.supports_fd  # not on Windows
 
 
 @dataclasses.dataclass
@@ -497,31 +498,23 @@ class Applier:
         return Retry(f"cannot write {rel} ({exc.strerror or exc})", "it is retried every cycle")
 
     def _materialize(self, m: dict[str, Any], data: bytes | Path | None, tmp: Path,
-                     durable: bool = True) -> tuple[str, Path | None]:
-        """Write the operation's content to ``tmp``; return its hash and, if it was moved, where from.
-        Content from the bundle is fsynced here unless ``durable`` is false (``flush`` does it then)."""
+                     durable: bool = True) -> tuple[str, Path | None, os.stat_result | None]:
+        """Write the operation's content to ``tmp``; return its hash, where it was moved from if it
+        was, and its stat if it has its mode and mtime already (content from the bundle). That is
+        fsynced here unless ``durable`` is false (``flush`` does it then)."""
         if isinstance(data, bytes) and m.get("content") == "delta":
-            return self._build_delta(m, data, tmp), None
+            return self._build_delta(m, data, tmp), None, None
         if isinstance(data, bytes):
             digest = hashlib.sha256(data).hexdigest()
             if digest != m["hash"]:
-                return digest, None  # never written: the caller reports the mismatch
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            return digest, None
+                return digest, None, None  # never written: the caller reports the mismatch
+            return digest, None, self._write_new(tmp, data, m["mode"], m["mtime_ns"], durable)
         if isinstance(data, Path):
             try:
                 os.rename(data, tmp)  # staged content: moved, and given back if the apply fails
             except OSError:
-                return fsutil.copy_durable(data, tmp), None
-            return self._hash_received(m, tmp), data
+                return fsutil.copy_durable(data, tmp), None, None
+            return self._hash_received(m, tmp), data, None
         source = self._find_content(m)
         if source is None:
             raise Retry(f"the content of {m['path']} is not here yet",
@@ -530,7 +523,31 @@ class Applier:
         digest = fsutil.copy_durable(source, tmp)
         if digest == m["hash"] and self.index.chunk_map(digest) is None:
             self._hash_received(m, tmp)
-        return digest, None
+        return digest, None, None
+
+    @staticmethod
+    def _write_new(tmp: Path, data: bytes, mode: int, mtime_ns: int, durable: bool) -> os.stat_result:
+        """Make ``tmp`` with ``data``, ``mode`` and ``mtime_ns``; return its stat. All through the one
+        descriptor where the OS allows: no lookup of the path after the open, which costs as much."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            by_fd = _UTIME_BY_FD
+            if by_fd:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            st = os.fstat(fd)
+            if not fsutil.IS_WINDOWS and statmod.S_IMODE(st.st_mode) != mode:  # the umask took bits away
+                os.chmod(fd, mode)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not by_fd:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+            st = os.stat(tmp)
+        return st
 
     def _hash_received(self, m: dict[str, Any], tmp: Path) -> str:
         """The hash of received content; a large file's chunk map is kept too, the base of its next delta."""
@@ -609,16 +626,17 @@ class Applier:
         queued = False
         try:
             try:
-                digest, moved_from = self._materialize(m, data, tmp, durable=not queue)
+                digest, moved_from, st = self._materialize(m, data, tmp, durable=not queue)
             except OSError as exc:
                 raise self._os_retry(remote.path, exc) from exc
             if digest != remote.hash:
                 raise Retry(f"the content received for {remote.path} does not match its hash",
                             "it is fetched again")
-            if not fsutil.IS_WINDOWS:
-                os.chmod(tmp, remote.mode)
-            os.utime(tmp, ns=(remote.mtime_ns, remote.mtime_ns))
-            st = os.stat(tmp)
+            if st is None:
+                if not fsutil.IS_WINDOWS:
+                    os.chmod(tmp, remote.mode)
+                os.utime(tmp, ns=(remote.mtime_ns, remote.mtime_ns))
+                st = os.stat(tmp)
             new = Entry(remote.path, "file", False, remote.hash, remote.size, remote.mtime_ns, remote.mode,
                         st.st_ino, remote.vector, remote.modified_by, 0)
             if queue:

@@ -565,7 +565,6 @@ class Engine:
         if meta["op"] != "put":
             yield Record(meta)
             return
-        source = paths.join(self.cfg.root, e.path)
         if not link_free(e.path):
             return  # a folder on the way became a symbolic link: never read through it
         if e.hash in gone_hashes:
@@ -576,6 +575,7 @@ class Engine:
         if kept is not None:  # read and hashed by this cycle's scan: sent as it was then
             yield Record({**meta, "content": "inline"}, kept)
             return
+        source = paths.join(link_free.root, e.path)
         try:
             if delta_ok and e.size > part:
                 rec = self._delta_record(meta, source, part)

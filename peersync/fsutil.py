@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import stat
@@ -110,8 +111,15 @@ def sync_folders(folders: set[str] | set[Path]) -> None:
         fsync_dir(folder)
 
 
+# Temporary names: a random token drawn at import, the process id and a counter. Unique within a
+# process by the counter, and across processes (a forked one too) by the id and the token. A name
+# drawn from the OS's random source each time cost a system call for every file a batch writes.
+_TEMP_TOKEN = secrets.token_hex(4)
+_temp_count = itertools.count()
+
+
 def temp_name(target: Path) -> Path:
-    return target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(6)}-{target.name[:60]}")
+    return target.with_name(f"{TEMP_PREFIX}{_TEMP_TOKEN}{os.getpid():x}-{next(_temp_count):x}-{target.name[:60]}")
 
 
 def atomic_write(target: Path, data: bytes, mode: int | None = None) -> None:
@@ -156,6 +164,16 @@ def hash_stream(f: BinaryIO) -> tuple[str, int]:
         h.update(chunk)
         size += len(chunk)
     return h.hexdigest(), size
+
+
+def read_head(path: str | Path, limit: int) -> bytes:
+    """Up to ``limit`` bytes from the start of a file, in one read: for small files whose size is known,
+    asked with one byte to spare so that a file that grew meanwhile shows it. No buffered file object."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def hash_file(path: str | Path) -> tuple[str, int]:

@@ -139,8 +139,9 @@ class Scanner:
             if 0 < int(self.settings.get("delta_min_bytes", 0)) <= st.st_size:  # the base of a later delta
                 digest, size, chunk_map = delta.hash_and_map(abspath)
             elif st.st_size <= KEEP_FILE_BYTES and self._kept_bytes + st.st_size <= KEEP_BYTES:
-                with open(abspath, "rb") as f:
-                    data = f.read()
+                # One read of a byte more than its size: one that changed meanwhile differs in size
+                # (or in its stat, below) and is looked at again on the next scan.
+                data = fsutil.read_head(abspath, st.st_size + 1)
                 digest, size = hashlib.sha256(data).hexdigest(), len(data)
             else:
                 digest, size = fsutil.hash_file(abspath)

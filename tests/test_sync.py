@@ -12,10 +12,13 @@ import os
 import random
 import re
 import shutil
+import stat
+import sys
 import time
 import unicodedata
 from pathlib import Path
 
+import pytest
 from conftest import Peer, tree
 
 T0 = 1_700_000_000_123_456_789  # a fixed mtime (ns) with a sub-second part
@@ -240,6 +243,23 @@ def test_executable_bit_and_mtimes_are_preserved(peers):
     converged(alice, bob)
     assert os.stat(alice.store / "doc.txt").st_mtime_ns == T0 + 7 * 10**9
     assert not os.stat(alice.store / "bin/run.sh").st_mode & 0o111
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_applied_files_get_their_exact_mode_whatever_the_umask(peers):
+    """Files are made with their mode at creation; a umask that takes bits away (077, a private
+    account) must not leave them 0600 or 0700 on the reading peer: the mode is set again."""
+    alice, bob = peers
+    os.chmod(alice.write("bin/run.sh", "#!/bin/sh\n"), 0o755)
+    os.chmod(alice.write("doc.txt", "text"), 0o644)
+    alice.sync()
+    old = os.umask(0o077)
+    try:
+        bob.sync()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(bob.store / "bin/run.sh").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(bob.store / "doc.txt").st_mode) == 0o644
 
 
 def test_rename_sends_no_content_again(peers):
