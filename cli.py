@@ -1,8 +1,6 @@
 """Run the peersync command line from a checkout: ``python cli.py ...``."""
 
-import sys
-
-from peersync.cli import main
+from peersync.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,7 +1,5 @@
 """``python -m peersync``: the same command line as ``peersync``."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

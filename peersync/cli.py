@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import logging
 import logging.handlers
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, fsutil, paths
 from .engine import CycleReport, Engine
@@ -727,6 +728,22 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("status", help="whether the service is registered and running (exit 1 if not running)")
     s.set_defaults(func=cmd_service)
     return p
+
+
+def own_process() -> None:
+    """Settings for a process that runs peersync and nothing else (the entry points; not a test calling
+    ``main``). The objects the imports made live as long as the process: out of the cycle collector's
+    way. A sync of many files makes millions of short-lived objects and next to no reference cycles,
+    so the youngest generation is collected every 50,000 allocations, not every 700 (5% of the CPU
+    time of a sync of 10,000 new files)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def run() -> NoReturn:
+    """The ``peersync`` command: ``main`` in a process of its own."""
+    own_process()
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

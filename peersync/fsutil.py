@@ -15,9 +15,9 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".peersync-tmp-"
@@ -80,7 +80,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _devices(paths: set[str] | set[Path]) -> dict[int, str | Path]:
+def _devices(paths: Iterable[str | Path]) -> dict[int, str | Path]:
     """One path per filesystem among ``paths``."""
     out: dict[int, str | Path] = {}
     for p in paths:
@@ -88,7 +88,7 @@ def _devices(paths: set[str] | set[Path]) -> dict[int, str | Path]:
     return out
 
 
-def sync_files(files: list[Path], devices: dict[int, Path] | None = None) -> None:
+def sync_files(files: Sequence[str | Path], devices: Mapping[int, str | Path] | None = None) -> None:
     """Make the content of many just-written files durable: one syncfs per filesystem on Linux, where
     an fsync per file would cost a journal commit each; an fsync per file elsewhere. ``devices``:
     one of the files per filesystem they are on (st_dev), when the caller has them from a stat."""
@@ -101,7 +101,7 @@ def sync_files(files: list[Path], devices: dict[int, Path] | None = None) -> Non
             os.fsync(f.fileno())
 
 
-def sync_folders(folders: set[str] | set[Path]) -> None:
+def sync_folders(folders: Collection[str | Path]) -> None:
     """Make renames into many folders durable (see ``sync_files``)."""
     if IS_WINDOWS or not folders:
         return
@@ -111,15 +111,40 @@ def sync_folders(folders: set[str] | set[Path]) -> None:
         fsync_dir(folder)
 
 
-# Temporary names: a random token drawn at import, the process id and a counter. Unique within a
-# process by the counter, and across processes (a forked one too) by the id and the token. A name
-# drawn from the OS's random source each time cost a system call for every file a batch writes.
-_TEMP_TOKEN = secrets.token_hex(4)
+# Temporary names: a token (random, and the process id) drawn at import and again in a forked child,
+# and a counter. Unique within a process by the counter, across processes by the token. A name drawn
+# from the OS's random source each time cost a system call for every file a batch writes.
 _temp_count = itertools.count()
+_temp_token = ""
 
 
-def temp_name(target: Path) -> Path:
-    return target.with_name(f"{TEMP_PREFIX}{_TEMP_TOKEN}{os.getpid():x}-{next(_temp_count):x}-{target.name[:60]}")
+def _new_temp_token() -> None:
+    global _temp_token
+    _temp_token = f"{secrets.token_hex(4)}{os.getpid():x}"
+
+
+_new_temp_token()
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_new_temp_token)
+
+
+P = TypeVar("P", str, Path)
+
+
+def temp_name(target: P) -> P:
+    """A temporary name beside ``target``, of the same type (``str`` on the hot paths: no Path to parse)."""
+    if isinstance(target, Path):
+        return target.with_name(f"{TEMP_PREFIX}{_temp_token}-{next(_temp_count):x}-{target.name[:60]}")
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f"{TEMP_PREFIX}{_temp_token}-{next(_temp_count):x}-{name[:60]}")
+
+
+def remove(path: str | Path) -> None:
+    """Remove a file if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def atomic_write(target: Path, data: bytes, mode: int | None = None) -> None:
@@ -166,12 +191,13 @@ def hash_stream(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def read_head(path: str | Path, limit: int) -> bytes:
-    """Up to ``limit`` bytes from the start of a file, in one read: for small files whose size is known,
-    asked with one byte to spare so that a file that grew meanwhile shows it. No buffered file object."""
+def read_head(path: str | Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """Up to ``limit`` bytes from the start of a file, in one read, and the file's stat after it: for
+    small files whose size is known, asked with one byte to spare so that a file that grew meanwhile
+    shows it. No buffered file object, no second lookup of the path."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        return os.read(fd, limit)
+        return os.read(fd, limit), os.fstat(fd)
     finally:
         os.close(fd)
 
@@ -195,7 +221,7 @@ def read_chunks(path: Path, offset: int = 0, length: int | None = None) -> Itera
             yield chunk
 
 
-def copy_durable(src: Path, dst: Path) -> str:
+def copy_durable(src: str | Path, dst: str | Path) -> str:
     """Copy ``src`` to a new file ``dst`` (fsync'd); return the content hash."""
     h = hashlib.sha256()
     with open(src, "rb") as fi, open(dst, "xb") as fo:
@@ -207,7 +233,7 @@ def copy_durable(src: Path, dst: Path) -> str:
     return h.hexdigest()
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """Give ``dst`` the content of ``src``: a hard link where possible, else a durable copy."""
     try:
         os.link(src, dst)

@@ -185,6 +185,12 @@ def join(root: Path, rel: str) -> Path:
     return Path(root) / validate(rel)
 
 
+def join_str(root: str, rel: str) -> str:
+    """:func:`join` as a plain string (the per-file paths of an apply: a Path costs ~10 us to build)."""
+    nfc = validate(rel)
+    return os.path.join(root, nfc if os.sep == "/" else nfc.replace("/", os.sep))
+
+
 def inside_without_links(root: Path, rel: str) -> bool:
     """True when no existing parent folder of ``rel`` under ``root`` is a symlink or junction.
 

@@ -136,16 +136,20 @@ class Scanner:
         chunk_map = b""
         try:
             data: bytes | None = None
+            after: os.stat_result | None = None
             if 0 < int(self.settings.get("delta_min_bytes", 0)) <= st.st_size:  # the base of a later delta
                 digest, size, chunk_map = delta.hash_and_map(abspath)
             elif st.st_size <= KEEP_FILE_BYTES and self._kept_bytes + st.st_size <= KEEP_BYTES:
                 # One read of a byte more than its size: one that changed meanwhile differs in size
-                # (or in its stat, below) and is looked at again on the next scan.
-                data = fsutil.read_head(abspath, st.st_size + 1)
+                # (or in its stat, below) and is looked at again on the next scan. The stat after the
+                # read is of the file read (one replaced meanwhile has another inode: the next scan
+                # looks at it).
+                data, after = fsutil.read_head(abspath, st.st_size + 1)
                 digest, size = hashlib.sha256(data).hexdigest(), len(data)
             else:
                 digest, size = fsutil.hash_file(abspath)
-            after = os.stat(abspath, follow_symlinks=False)
+            if after is None:
+                after = os.stat(abspath, follow_symlinks=False)
         except FileNotFoundError:
             return  # gone while we looked: the next scan sees the deletion
         except OSError as exc:
@@ -183,7 +187,7 @@ class Scanner:
         self._new_version(entry, path=entry.path, kind=entry.kind, deleted=True, hash=entry.hash,
                           size=entry.size, mtime_ns=entry.mtime_ns, mode=entry.mode)
 
-    def refresh(self, rel: str, links_checked: bool = False, abspath: Path | None = None) -> Entry | None:
+    def refresh(self, rel: str, links_checked: bool = False, abspath: str | Path | None = None) -> Entry | None:
         """Bring one path's index row up to date with the disk (the check before an apply).
         ``links_checked``: the caller has just found no link among the folders of ``rel``;
         ``abspath``: ``rel`` joined to the root, if the caller has it."""

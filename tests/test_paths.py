@@ -22,6 +22,7 @@ from peersync.paths import (
     inside_without_links,
     is_valid,
     join,
+    join_str,
     to_relative,
     validate,
 )
@@ -245,6 +246,7 @@ def test_validate_either_refuses_or_returns_a_fixed_point(path: str) -> None:
     target = join(root, out)
     assert target.parts[: len(root.parts)] == root.parts
     assert len(target.parts) == len(root.parts) + out.count("/") + 1
+    assert Path(join_str(str(root), path)) == target  # the string form names the same file
 
 
 @settings(max_examples=300, deadline=None)
@@ -331,6 +333,8 @@ def test_join_returns_nfc_path(tmp_path: Path) -> None:
 def test_join_refuses_hostile_paths(tmp_path: Path, path: str) -> None:
     with pytest.raises(PathError):
         join(tmp_path, path)
+    with pytest.raises(PathError):
+        join_str(str(tmp_path), path)
 
 
 # --------------------------------------------------------------------------- #

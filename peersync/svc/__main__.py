@@ -20,4 +20,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from ..cli import own_process
+
+    own_process()
     sys.exit(main(sys.argv[1:]))
