@@ -206,22 +206,26 @@ class Applier:
     def apply_records(self, author: str, records: list[Record], stop: StopCheck = never) -> None:
         self._real_dirs.clear()
         try:
-            for rec in records:
-                if stop():
-                    self.flush()  # what is written so far is put in place and kept
-                    raise Stopped  # between two records: the bundle is read again
-                m = rec.meta
-                if m["op"] == "part":
-                    self.flush()
-                    self._part(author, m, rec.data)
-                elif m["op"] == "put" and m["content"] == "parts":
-                    self.flush()
-                    self._start_parts(author, m, rec.data)
-                else:
-                    self._run(m, rec.data if m["op"] == "put" and m["content"] in ("inline", "delta") else None)
-            self.flush()
+            with self.index.knowing_absent(r.meta["path"] for r in records):
+                self._apply_records(author, records, stop)
         finally:
             self._discard_queue()  # an error escaped: the bundle is read again later
+
+    def _apply_records(self, author: str, records: list[Record], stop: StopCheck) -> None:
+        for rec in records:
+            if stop():
+                self.flush()  # what is written so far is put in place and kept
+                raise Stopped  # between two records: the bundle is read again
+            m = rec.meta
+            if m["op"] == "part":
+                self.flush()
+                self._part(author, m, rec.data)
+            elif m["op"] == "put" and m["content"] == "parts":
+                self.flush()
+                self._start_parts(author, m, rec.data)
+            else:
+                self._run(m, rec.data if m["op"] == "put" and m["content"] in ("inline", "delta") else None)
+        self.flush()
 
     def _run(self, m: dict[str, Any], data: bytes | Path | None) -> None:
         """Apply one operation; on Retry keep it pending, on Skip report it."""

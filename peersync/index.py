@@ -159,6 +159,7 @@ class Index:
         # a scan of 10,000 new files takes 10,000 of them. Read afresh by each transaction, as
         # another process may have moved it in between.
         self._clock: int | None = None
+        self._unknown: set[str] = set()  # case keys of paths known to have no row (``knowing_absent``)
 
     def _migrate(self) -> None:
         """Columns added since the first release (CREATE TABLE IF NOT EXISTS does not add them)."""
@@ -217,19 +218,43 @@ class Index:
     # -- files ----------------------------------------------------------------
 
     def get(self, path: str) -> Entry | None:
+        if self._unknown and paths.case_key(path) in self._unknown:
+            return None
         row = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path=?", (path,)).fetchone()
         return None if row is None else _entry(row)
+
+    @contextmanager
+    def knowing_absent(self, candidates: Iterable[str]) -> Iterator[None]:
+        """Within this block, ``get`` and ``case_clash`` answer without a query for the paths among
+        ``candidates`` that no row has (nor any path that differs from them only in case): a bundle
+        of new files is applied with two queries fewer a file. Rows are never deleted, and every row
+        is written by ``put_many``, which forgets the paths it writes; the caller holds the store's
+        lock, so no other process writes rows meanwhile."""
+        keys = {paths.case_key(p) for p in candidates}
+        listed = list(keys)
+        for i in range(0, len(listed), 500):
+            chunk = listed[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            keys.difference_update(r[0] for r in self.db.execute(
+                f"SELECT DISTINCT ckey FROM files WHERE ckey IN ({marks})", chunk))
+        self._unknown = keys
+        try:
+            yield
+        finally:
+            self._unknown = set()
 
     def put(self, e: Entry) -> None:
         self.put_many((e,))
 
     def put_many(self, entries: Iterable[Entry]) -> None:
         """Write rows (one statement for them all: a batch of applied files)."""
-        touched = self._touched
+        touched, unknown = self._touched, self._unknown
         rows = []
         for e in entries:
+            ckey = paths.case_key(e.path)
             rows.append((e.path, e.kind, int(e.deleted), e.hash, e.size, e.mtime_ns, e.mode, e.inode,
-                         vv.dumps(e.vector), e.modified_by, e.local_seq, paths.case_key(e.path)))
+                         vv.dumps(e.vector), e.modified_by, e.local_seq, ckey))
+            unknown.discard(ckey)
             touched.add(e.path[:e.path.rfind("/") + 1])
             if e.kind == "dir" and e.deleted:
                 touched.add(e.path + "/")  # a folder gone: its own digest goes too
@@ -244,6 +269,8 @@ class Index:
 
     def case_clash(self, path: str) -> str | None:
         """A live path that differs from ``path`` only in letter case, if any."""
+        if self._unknown and paths.case_key(path) in self._unknown:
+            return None
         row = self.db.execute(
             "SELECT path FROM files WHERE ckey=? AND path<>? AND deleted=0 LIMIT 1", (paths.case_key(path), path)
         ).fetchone()

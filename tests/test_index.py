@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from peersync.index import Index
+from peersync.index import Entry, Index
 
 
 def test_an_index_from_before_seen_cycle_gets_the_column(tmp_path):
@@ -55,3 +55,26 @@ def test_the_clock_is_kept_by_commits_only_and_read_afresh_by_each_transaction(t
     finally:
         index.close()
         other.close()
+
+
+def _row(path: str) -> Entry:
+    return Entry(path, "file", False, "0" * 64, 1, 1, 0o644, 1, {"A" * 26: 1}, "A" * 26, 0)
+
+
+def test_paths_known_absent_are_answered_without_a_row_and_forgotten_once_written(tmp_path):
+    """``knowing_absent`` spares the queries of paths no row has, and only those: a row written in
+    the block (or one that was there before it, or one differing only in case) is found again."""
+    index = Index(tmp_path / "index.db")
+    try:
+        index.put(_row("old.txt"))
+        with index.knowing_absent(["new.txt", "old.txt", "Clash.txt"]):
+            assert index.get("new.txt") is None and index.case_clash("new.txt") is None
+            assert index.get("old.txt") is not None  # has a row: asked for
+            assert index.case_clash("OLD.TXT") == "old.txt"
+            with index.tx():
+                index.put_many([_row("new.txt"), _row("clash.txt")])
+            assert index.get("new.txt") == _row("new.txt")
+            assert index.case_clash("Clash.txt") == "clash.txt"
+        assert index.get("new.txt") is not None
+    finally:
+        index.close()
