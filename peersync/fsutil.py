@@ -191,11 +191,16 @@ def hash_stream(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def read_head(path: str | Path, limit: int) -> tuple[bytes, os.stat_result]:
     """Up to ``limit`` bytes from the start of a file, in one read, and the file's stat after it: for
     small files whose size is known, asked with one byte to spare so that a file that grew meanwhile
-    shows it. No buffered file object, no second lookup of the path."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    shows it. No buffered file object, no second lookup of the path. The last part of the path is
+    not followed if it is a link (OSError ELOOP where the OS can say so: a file the caller saw was
+    replaced by a link), and a FIFO put there meanwhile reads as empty instead of blocking."""
+    fd = os.open(path, os.O_RDONLY | NO_FOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         return os.read(fd, limit), os.fstat(fd)
     finally:

@@ -15,6 +15,7 @@ is never taken for a deleted one.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -144,8 +145,16 @@ class Scanner:
                 # (or in its stat, below) and is looked at again on the next scan. The stat after the
                 # read is of the file read (one replaced meanwhile has another inode: the next scan
                 # looks at it).
-                data, after = fsutil.read_head(abspath, st.st_size + 1)
+                try:
+                    data, after = fsutil.read_head(abspath, st.st_size + 1)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    result.unstable.append(rel)  # replaced by a link since the walk: looked at again
+                    return
                 digest, size = hashlib.sha256(data).hexdigest(), len(data)
+                if not fsutil.NO_FOLLOW:  # (Windows) the stat by descriptor would be of a link's target
+                    after = None
             else:
                 digest, size = fsutil.hash_file(abspath)
             if after is None:
@@ -159,7 +168,8 @@ class Scanner:
                 return
             raise
         result.hashed_bytes += size
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size:
+        if ((after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or size != st.st_size
+                or (st.st_ino and (after.st_ino, after.st_dev) != (st.st_ino, st.st_dev))):
             result.unstable.append(rel)  # still being written
             return
         if chunk_map and self.index.chunk_map(digest) is None:

@@ -190,3 +190,37 @@ def test_a_folder_swapped_for_a_link_while_scanning_is_not_listed(tmp_path: Path
     assert swapped
     assert index.get("sub/secret.txt") is None
     assert [p for p, _m, _h in result.problems] == ["sub/"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX links")
+def test_a_file_swapped_for_a_link_before_it_is_read_is_not_published(tmp_path: Path, monkeypatch) -> None:
+    """Between the walk's stat of a small file and its read, the file is replaced by a link to a file
+    outside the store with the same size and mtime: the scan must not record (and later publish)
+    what is behind the link; it looks again on the next scan."""
+    root = tmp_path / "store"
+    root.mkdir()
+    mine = root / "mine.txt"
+    mine.write_text("mine")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("nope")  # same size as "mine"
+    st = mine.stat()
+    os.utime(outside, ns=(st.st_atime_ns, st.st_mtime_ns))
+    target = os.fspath(mine)
+    swapped = []
+    real_open = os.open
+
+    def opening(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not swapped and os.fspath(path) == target:
+            os.rename(target, tmp_path / "moved-away")
+            os.symlink(outside, target)
+            swapped.append(True)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", opening)
+    index = Index(tmp_path / "index.db")
+    scanner = Scanner(root, index, Ignore(root), PEER, SETTINGS)
+    result = scanner.scan()
+    monkeypatch.undo()
+    assert swapped
+    assert result.unstable == ["mine.txt"]
+    assert index.get("mine.txt") is None and not scanner.kept
