@@ -159,7 +159,8 @@ class Index:
         # a scan of 10,000 new files takes 10,000 of them. Read afresh by each transaction, as
         # another process may have moved it in between.
         self._clock: int | None = None
-        self._unknown: set[str] = set()  # case keys of paths known to have no row (``knowing_absent``)
+        self._absent: set[str] = set()  # paths known to have no row (``knowing_absent``)
+        self._unknown: set[str] = set()  # case keys known to have no row (``knowing_absent``)
 
     def _migrate(self) -> None:
         """Columns added since the first release (CREATE TABLE IF NOT EXISTS does not add them)."""
@@ -218,42 +219,47 @@ class Index:
     # -- files ----------------------------------------------------------------
 
     def get(self, path: str) -> Entry | None:
-        if self._unknown and paths.case_key(path) in self._unknown:
+        if path in self._absent:
             return None
         row = self.db.execute(f"SELECT {_COLUMNS} FROM files WHERE path=?", (path,)).fetchone()
         return None if row is None else _entry(row)
 
     @contextmanager
     def knowing_absent(self, candidates: Iterable[str]) -> Iterator[None]:
-        """Within this block, ``get`` and ``case_clash`` answer without a query for the paths among
-        ``candidates`` that no row has (nor any path that differs from them only in case): a bundle
-        of new files is applied with two queries fewer a file. Rows are never deleted, and every row
-        is written by ``put_many``, which forgets the paths it writes; the caller holds the store's
-        lock, so no other process writes rows meanwhile."""
-        keys = {paths.case_key(p) for p in candidates}
-        listed = list(keys)
-        for i in range(0, len(listed), 500):
-            chunk = listed[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            keys.difference_update(r[0] for r in self.db.execute(
-                f"SELECT DISTINCT ckey FROM files WHERE ckey IN ({marks})", chunk))
-        self._unknown = keys
+        """Within this block, ``get`` answers without a query for the paths among ``candidates``
+        that no row has, and ``case_clash`` for those whose case key no row has: a bundle of new
+        files is applied with two queries fewer a file. Each answer comes from the same column its
+        query would read (a row's case key as stored, which an older Python may have folded
+        otherwise, is never taken for its path). Rows are never deleted, and every row is written
+        by ``put_many``, which forgets the paths it writes; the caller holds the store's lock, so no
+        other process writes rows meanwhile."""
+        absent = set(candidates)
+        keys = {paths.case_key(p) for p in absent}
+        for column, wanted in (("path", absent), ("ckey", keys)):
+            listed = list(wanted)
+            for i in range(0, len(listed), 500):
+                chunk = listed[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                wanted.difference_update(r[0] for r in self.db.execute(
+                    f"SELECT DISTINCT {column} FROM files WHERE {column} IN ({marks})", chunk))
+        self._absent, self._unknown = absent, keys
         try:
             yield
         finally:
-            self._unknown = set()
+            self._absent, self._unknown = set(), set()
 
     def put(self, e: Entry) -> None:
         self.put_many((e,))
 
     def put_many(self, entries: Iterable[Entry]) -> None:
         """Write rows (one statement for them all: a batch of applied files)."""
-        touched, unknown = self._touched, self._unknown
+        touched, absent, unknown = self._touched, self._absent, self._unknown
         rows = []
         for e in entries:
             ckey = paths.case_key(e.path)
             rows.append((e.path, e.kind, int(e.deleted), e.hash, e.size, e.mtime_ns, e.mode, e.inode,
                          vv.dumps(e.vector), e.modified_by, e.local_seq, ckey))
+            absent.discard(e.path)
             unknown.discard(ckey)
             touched.add(e.path[:e.path.rfind("/") + 1])
             if e.kind == "dir" and e.deleted:
@@ -269,10 +275,11 @@ class Index:
 
     def case_clash(self, path: str) -> str | None:
         """A live path that differs from ``path`` only in letter case, if any."""
-        if self._unknown and paths.case_key(path) in self._unknown:
+        ckey = paths.case_key(path)
+        if ckey in self._unknown:
             return None
         row = self.db.execute(
-            "SELECT path FROM files WHERE ckey=? AND path<>? AND deleted=0 LIMIT 1", (paths.case_key(path), path)
+            "SELECT path FROM files WHERE ckey=? AND path<>? AND deleted=0 LIMIT 1", (ckey, path)
         ).fetchone()
         return None if row is None else str(row[0])
 

@@ -78,3 +78,17 @@ def test_paths_known_absent_are_answered_without_a_row_and_forgotten_once_writte
         assert index.get("new.txt") is not None
     finally:
         index.close()
+
+
+def test_a_row_whose_stored_case_key_differs_from_todays_is_still_found(tmp_path):
+    """A row's case key was folded by the Python that wrote it; a newer Unicode may fold the same
+    path otherwise. ``get`` within ``knowing_absent`` must still find the row by its path."""
+    index = Index(tmp_path / "index.db")
+    try:
+        index.put(_row("Straße.txt"))
+        with index.tx():
+            index.db.execute("UPDATE files SET ckey='folded otherwise' WHERE path='Straße.txt'")
+        with index.knowing_absent(["Straße.txt"]):
+            assert index.get("Straße.txt") == _row("Straße.txt")
+    finally:
+        index.close()
