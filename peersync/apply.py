@@ -137,7 +137,11 @@ def remote_entry(m: dict[str, Any]) -> Entry:
     )
 
 
-QUEUE_MAX = 2000  # files written before they are put in place together
+# Files written before they are put in place together, across the bundles of one peer. Each batch
+# costs two syncfs (or one fsync per file), two commits and a rewrite of the index pages it touches,
+# so fewer, larger batches are cheaper; the content the queue holds for a retry is bounded in bytes.
+QUEUE_MAX = 10000
+QUEUE_BYTES = 16 << 20
 _UTIME_BY_FD = os.utime in os.supports_fd  # not on Windows
 
 
@@ -191,6 +195,10 @@ class Applier:
         self.applied_ops = 0
         self.conflicts = 0
         self._queue: list[_Queued] = []
+        self._queued_bytes = 0
+        # Bundles whose every record is applied or queued, marked applied in the commit that records
+        # the queue (see ``bundle_done``): a mark is never durable before the files it stands for.
+        self._marks: list[tuple[str, int]] = []
         # Rows (with their siblings) of folders made and of versions adopted, waiting for the batch's
         # last commit: one commit, not one each. A crash before it leaves a folder the next scan finds,
         # or a file whose new mtime the next scan takes in (mtime-only changes are not sent).
@@ -204,12 +212,20 @@ class Applier:
     # -- records from a bundle ------------------------------------------------
 
     def apply_records(self, author: str, records: list[Record], stop: StopCheck = never) -> None:
+        """Apply a bundle's records. Its files may stay queued after it returns: ``bundle_done`` marks
+        the bundle applied with them, and ``flush`` puts them in place. On an error the queue and the
+        marks not yet recorded are dropped, and those bundles are read again later."""
         self._real_dirs.clear()
         try:
             with self.index.knowing_absent(r.meta["path"] for r in records):
                 self._apply_records(author, records, stop)
-        finally:
-            self._discard_queue()  # an error escaped: the bundle is read again later
+        except BaseException:
+            self._discard_queue()
+            raise
+
+    def bundle_done(self, author: str, seq: int) -> None:
+        """Mark bundle ``seq`` of ``author`` applied in the commit that records what is queued now."""
+        self._marks.append((author, seq))
 
     def _apply_records(self, author: str, records: list[Record], stop: StopCheck) -> None:
         for rec in records:
@@ -225,7 +241,6 @@ class Applier:
                 self._start_parts(author, m, rec.data)
             else:
                 self._run(m, rec.data if m["op"] == "put" and m["content"] in ("inline", "delta") else None)
-        self.flush()
 
     def _run(self, m: dict[str, Any], data: bytes | Path | None) -> None:
         """Apply one operation; on Retry keep it pending, on Skip report it."""
@@ -646,9 +661,10 @@ class Applier:
             if queue:
                 assert isinstance(data, bytes)
                 self._queue.append(_Queued(m, data, local, new, tmp, target, siblings, st.st_dev))
+                self._queued_bytes += len(data)
                 self._queued_keys.add(paths.case_key(remote.path))
                 queued = True
-                if len(self._queue) >= QUEUE_MAX:
+                if len(self._queue) >= QUEUE_MAX or self._queued_bytes >= QUEUE_BYTES:
                     self.flush()
                 return
             self.index.add_intent(new, siblings)
@@ -701,14 +717,18 @@ class Applier:
         """Put the queued files in place: make their content durable at once, record the intents in one
         commit, rename them all, make the renames durable, and record the outcome in one commit.
         Crash safety is that of a single put (intents before renames), with two commits per batch.
-        The rows of folders made and versions adopted meanwhile go in the last commit."""
+        The rows of folders made and versions adopted meanwhile, and the marks of the bundles done,
+        go in the last commit."""
         queue, self._queue = self._queue, []
         rows, self._rows = self._rows, []
+        marks, self._marks = self._marks, []
+        self._queued_bytes = 0
         self._queued_keys.clear()
         if not queue:
-            if rows:
+            if rows or marks:
                 with self.index.tx():
                     self._record_rows(rows)
+                    self._record_marks(marks)
             return
         try:
             fsutil.sync_files([q.tmp for q in queue], devices={q.device: q.tmp for q in queue})
@@ -718,6 +738,8 @@ class Applier:
                 fsutil.remove(q.tmp)
                 self._keep_for_later(q.m, q.data, self._os_retry(q.new.path, exc))
             self._rows = rows + self._rows  # recorded with the next batch
+            with self.index.tx():  # every queued file is now a pending operation: its bundle is done
+                self._record_marks(marks)
             return
         done: list[_Queued] = []
         failed: list[tuple[_Queued, Retry]] = []
@@ -735,8 +757,13 @@ class Applier:
             for q in done:
                 self.index.set_siblings(q.new.path, q.siblings)
             self.index.drop_intents(q.new.path for q in queue)
-        for q, why in failed:
-            self._keep_for_later(q.m, q.data, why)
+            if not failed:
+                self._record_marks(marks)
+        if failed:
+            for q, why in failed:
+                self._keep_for_later(q.m, q.data, why)
+            with self.index.tx():
+                self._record_marks(marks)
 
     def _later(self, row: Entry, siblings: list[Entry]) -> None:
         """Record ``row`` with the batch's last commit."""
@@ -750,11 +777,18 @@ class Applier:
             self.index.put(row)
             self.index.set_siblings(row.path, siblings)
 
+    def _record_marks(self, marks: list[tuple[str, int]]) -> None:
+        for author, seq in marks:
+            self.index.set_applied(author, seq)
+            self.index.forget_bad_bundle(author, seq)
+
     def _discard_queue(self) -> None:
         for q in self._queue:
             fsutil.remove(q.tmp)
         self._queue = []
+        self._queued_bytes = 0
         self._rows = []  # their folders and mtimes are on disk: the next scan finds them
+        self._marks = []  # their bundles are read again
         self._queued_keys.clear()
 
     def _conflict_copy(self, local: Entry, target: str) -> Entry:

@@ -125,6 +125,7 @@ class Compactor:
             for r in records:
                 check_record(r)
             applier.apply_records(key, records)
+        applier.flush()  # its files in place before the bundles it covers are marked applied
 
     # -- writing snapshots -------------------------------------------------------
 

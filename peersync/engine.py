@@ -678,31 +678,48 @@ class Engine:
                     self.index.set_meta(f"rejected:{peer}:{max(rejected)}", time.time())
                     self.index.add_correction(f"peer {peer[:7]}", f"rejected its bundles after {limit}: it was "
                                                                   "removed from the store")
+            # The files of consecutive bundles are put in place together (see Applier.flush), and
+            # each bundle is marked applied in the commit that records them: flush before anything
+            # else marks a bundle, and before leaving this peer.
             while seq in found and seq <= limit:
                 if self.should_stop():
+                    self._flush(applier, peer, seq)
                     raise Stopped
                 try:
                     header, records = self._open(found[seq], peer, seq, rec.public_key)
                 except (IncompleteBundle, BadBundle) as exc:
-                    if self._hold_or_quarantine(peer, seq, found[seq], exc, grace, report):
+                    if not self._flush(applier, peer, seq) or self._hold_or_quarantine(
+                            peer, seq, found[seq], exc, grace, report):
                         break
                     seq += 1
                     continue
                 try:
                     applier.apply_records(peer, records, self.should_stop)
                 except OSError as exc:  # e.g. the state folder's disk is full: retry the bundle later
-                    with self.index.tx():
-                        self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
-                                                f"bundle {seq} of peer {peer[:7]} could not be applied "
-                                                f"({exc.strerror or exc})", "it is retried every cycle")
+                    self._apply_failed(peer, seq, exc)
                     break
                 self.progress("apply", 1, bundle.HEADER_SIZE + header.ciphertext_size + bundle.SIGNATURE_SIZE)
-                with self.index.tx():
-                    self.index.set_applied(peer, seq)
-                    self.index.forget_bad_bundle(peer, seq)
+                applier.bundle_done(peer, seq)
                 seq += 1
+            self._flush(applier, peer, seq - 1)
             if found and max(found) >= seq and seq not in found:
                 report.waiting.append(f"bundle {seq} of peer {peer[:7]} has not arrived yet")
+
+    def _flush(self, applier: Applier, peer: str, seq: int) -> bool:
+        """Put the queued files in place and mark their bundles applied; False if that failed (the
+        bundles not marked are read again)."""
+        try:
+            applier.flush()
+        except OSError as exc:
+            self._apply_failed(peer, seq, exc)
+            return False
+        return True
+
+    def _apply_failed(self, peer: str, seq: int, exc: OSError) -> None:
+        with self.index.tx():
+            self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
+                                    f"bundle {seq} of peer {peer[:7]} could not be applied "
+                                    f"({exc.strerror or exc})", "it is retried every cycle")
 
     def _expect_bundles(self, listed: dict[str, dict[int, Path]], applied: dict[str, int]) -> None:
         """Tell the progress display how many bundles (and bytes) fetch, verify and apply have before them."""

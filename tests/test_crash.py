@@ -200,3 +200,48 @@ def test_kill_9_while_a_peer_joins_with_a_copy_of_the_files(make_peers):
     assert {k: v for k, v in tree(bob.store).items() if v is not None} == files
     for peer in (alice, bob):
         assert "0 changes to send" in peer.cli("queue", check=0).out
+
+
+def _kill_when_queued(peer: Peer, count: int, folders: list[Path], timeout: float = 60) -> bool:
+    """Start `peersync sync` and SIGKILL it once ``count`` files wait under temporary names in
+    ``folders`` (written, not yet renamed into place); True if that happened before it finished."""
+    proc = peer.popen("sync")
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            waiting = sum(1 for d in folders if d.is_dir()
+                          for name in os.listdir(d) if name.startswith(".peersync-tmp-"))
+            if waiting >= count:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return True
+            time.sleep(0.002)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def test_kill_9_while_the_files_of_several_bundles_wait_to_be_put_in_place(make_peers):
+    """Bob puts the files of consecutive bundles in place together and marks those bundles applied
+    in the commit that records them. Killed while the files of several bundles wait under temporary
+    names, he must not have marked any of them: once let finish, he holds every file. (Were a bundle
+    marked as it is read, its files would be lost with the kill and never read again.)"""
+    alice, bob = make_peers(2)
+    alice.cli("config", "bundle_max_bytes", "65536", check=0)  # about 20 files a bundle
+    rng = random.Random(5)
+    files = {f"d{i % 8}/f{i:04d}.bin": f"{i} ".encode() + rng.randbytes(3000) for i in range(1200)}
+    _write_all(alice, files)
+    alice.sync()
+    assert len(list(alice.relay.rglob("*.psb"))) > 30
+    folders = [bob.store / f"d{i}" for i in range(8)]
+    killed = [_kill_when_queued(bob, count, folders) for count in (100, 400, 900)]
+    assert sum(killed) >= 2, "the kills must land while files wait, or this proves nothing"
+    _assert_whole(bob.store, {rel: {data} for rel, data in files.items()})
+    bob.sync()
+    assert {k: v for k, v in tree(bob.store).items() if v is not None} == files
+    assert "0 changes to send" in bob.cli("queue", check=0).out
