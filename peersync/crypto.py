@@ -20,7 +20,9 @@ import hmac
 import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+# The raw key methods, not ``serialization``: importing that package (its SSH and PEM formats, and
+# every cipher) costs every peersync process about 12 ms of start-up.
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -62,16 +64,10 @@ class SigningKey:
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
     def to_bytes(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return self._key.private_bytes_raw()
 
     def public_bytes(self) -> bytes:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+        return self._key.public_key().public_bytes_raw()
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
@@ -135,12 +131,10 @@ class BoxKey:
         return cls(X25519PrivateKey.from_private_bytes(raw))
 
     def to_bytes(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        return self._key.private_bytes_raw()
 
     def public_bytes(self) -> bytes:
-        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self._key.public_key().public_bytes_raw()
 
     def _shared(self, other_public: bytes, info: bytes) -> bytes:
         try:
