@@ -59,6 +59,15 @@ class Retry(Exception):
         self.need = need  # the hash of content that is not at hand: other peers are asked for it
 
 
+class FlushFailed(Exception):
+    """Putting the queued files in place failed (a disk error): none of the bundles they came from
+    may be marked applied. Not an OSError, so that no handler of one file's error takes it."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+        self.strerror = exc.strerror or str(exc)
+
+
 class Skip(Exception):
     """An operation that will never apply here as sent (case clash, type clash); reported."""
 
@@ -269,12 +278,19 @@ class Applier:
                                         f"{path} cannot be applied ({exc.__class__.__name__}: {exc})",
                                         "it is retried every cycle; the log has the details")
             return
+        if paths.case_key(path) in self._queued_keys:
+            return  # recorded by ``flush``, which settles its pending operation then
         if self.index.has_pending_or_error(path):  # usually not: spare a commit (and its fsync)
+            with self.index.tx():
+                self._settle(path)
+
+    def _settle(self, path: str) -> None:
+        """Drop the pending operation and the error of ``path`` if what it now holds settles them."""
+        if self.index.has_pending_or_error(path):
             waiting = self.index.pending_meta(path)
             if waiting is None or self._settled(waiting):  # not a newer one still waiting
-                with self.index.tx():
-                    self.index.drop_pending(path)
-                    self.index.clear_error(f"apply:{path}")
+                self.index.drop_pending(path)
+                self.index.clear_error(f"apply:{path}")
 
     def _keep_for_later(self, m: dict[str, Any], data: bytes | Path | None, exc: Retry) -> None:
         path = m["path"]
@@ -382,7 +398,7 @@ class Applier:
                     self.index.add_correction(path, "the kept content was missing; asked its author to send it again")
                 continue
             self._run(meta, data)
-        self.flush()
+        self.flush()  # rows only: staged content (a Path) is put in place one file at a time, never queued
 
     # -- deciding -------------------------------------------------------------
 
@@ -693,8 +709,11 @@ class Applier:
         if keep_local_as_conflict and local is not None and old_on_disk:
             copy = self._conflict_copy(local, target)
         elif old_on_disk and local is not None:
-            created = self.archive.keep(Path(target), local.path, local.hash, local.size, local.mtime_ns,
-                                        "overwritten")
+            try:
+                created = self.archive.keep(Path(target), local.path, local.hash, local.size, local.mtime_ns,
+                                            "overwritten")
+            except OSError as exc:  # the old content cannot be kept (a full state disk): not overwritten
+                raise self._os_retry(new.path, exc) from exc
         try:
             os.replace(tmp, target)
         except OSError as exc:
@@ -718,12 +737,22 @@ class Applier:
         commit, rename them all, make the renames durable, and record the outcome in one commit.
         Crash safety is that of a single put (intents before renames), with two commits per batch.
         The rows of folders made and versions adopted meanwhile, and the marks of the bundles done,
-        go in the last commit."""
+        go in the last commit. A disk error that leaves some of them neither in place nor pending
+        raises FlushFailed: the marks are dropped, and those bundles are read again."""
         queue, self._queue = self._queue, []
         rows, self._rows = self._rows, []
         marks, self._marks = self._marks, []
         self._queued_bytes = 0
         self._queued_keys.clear()
+        try:
+            self._put_in_place(queue, rows, marks)
+        except OSError as exc:
+            for q in queue:
+                fsutil.remove(q.tmp)  # those not renamed yet
+            raise FlushFailed(exc) from exc
+
+    def _put_in_place(self, queue: list[_Queued], rows: list[tuple[Entry, list[Entry]]],
+                      marks: list[tuple[str, int]]) -> None:
         if not queue:
             if rows or marks:
                 with self.index.tx():
@@ -756,6 +785,7 @@ class Applier:
             self.index.put_many(q.new for q in done)
             for q in done:
                 self.index.set_siblings(q.new.path, q.siblings)
+                self._settle(q.new.path)
             self.index.drop_intents(q.new.path for q in queue)
             if not failed:
                 self._record_marks(marks)
@@ -776,6 +806,7 @@ class Applier:
         for row, siblings in rows:
             self.index.put(row)
             self.index.set_siblings(row.path, siblings)
+            self._settle(row.path)
 
     def _record_marks(self, marks: list[tuple[str, int]]) -> None:
         for author, seq in marks:

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import bundle, paths
-from .apply import check_record, version_meta
+from .apply import FlushFailed, check_record, version_meta
 from .bundle import Record
 from .errors import BadBundle, BundleError, PeersyncError
 
@@ -99,7 +99,7 @@ class Compactor:
         chosen = usable[-1]
         try:
             self._apply_snapshot(chosen, roster[chosen.writer], applier)
-        except (OSError, BundleError) as exc:
+        except (OSError, BundleError, FlushFailed) as exc:
             report.waiting.append(f"snapshot {chosen.number} of peer {chosen.writer[:7]} is not readable yet "
                                   f"({exc}); retrying")
             return

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import bundle, crypto, delta, fsutil, paths
 from . import vector as vv
-from .apply import Applier, check_record, version_meta
+from .apply import Applier, FlushFailed, check_record, version_meta
 from .bundle import Record
 from .compact import Compactor
 from .conflict import conflict_copy_target, is_conflict_copy
@@ -695,7 +695,7 @@ class Engine:
                     continue
                 try:
                     applier.apply_records(peer, records, self.should_stop)
-                except OSError as exc:  # e.g. the state folder's disk is full: retry the bundle later
+                except (OSError, FlushFailed) as exc:  # e.g. a full disk: retry the bundle later
                     self._apply_failed(peer, seq, exc)
                     break
                 self.progress("apply", 1, bundle.HEADER_SIZE + header.ciphertext_size + bundle.SIGNATURE_SIZE)
@@ -710,12 +710,12 @@ class Engine:
         bundles not marked are read again)."""
         try:
             applier.flush()
-        except OSError as exc:
+        except FlushFailed as exc:
             self._apply_failed(peer, seq, exc)
             return False
         return True
 
-    def _apply_failed(self, peer: str, seq: int, exc: OSError) -> None:
+    def _apply_failed(self, peer: str, seq: int, exc: OSError | FlushFailed) -> None:
         with self.index.tx():
             self.index.record_error(f"peer:{peer}:apply", "apply", f"{peer[:7]}/{seq}",
                                     f"bundle {seq} of peer {peer[:7]} could not be applied "
