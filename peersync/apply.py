@@ -21,6 +21,7 @@ its content staged in the state folder, and retried every cycle.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -747,8 +748,10 @@ class Applier:
         try:
             self._put_in_place(queue, rows, marks)
         except OSError as exc:
-            for q in queue:
-                fsutil.remove(q.tmp)  # those not renamed yet
+            with contextlib.suppress(OSError):  # the disk may refuse this too: FlushFailed all the same
+                for q in queue:
+                    fsutil.remove(q.tmp)  # those not renamed yet
+                self.recover_intents()  # those renamed get their rows now, not at the next cycle
             raise FlushFailed(exc) from exc
 
     def _put_in_place(self, queue: list[_Queued], rows: list[tuple[Entry, list[Entry]]],
@@ -766,8 +769,8 @@ class Applier:
             for q in queue:
                 fsutil.remove(q.tmp)
                 self._keep_for_later(q.m, q.data, self._os_retry(q.new.path, exc))
-            self._rows = rows + self._rows  # recorded with the next batch
             with self.index.tx():  # every queued file is now a pending operation: its bundle is done
+                self._record_rows(rows)
                 self._record_marks(marks)
             return
         done: list[_Queued] = []
