@@ -748,10 +748,11 @@ class Applier:
         try:
             self._put_in_place(queue, rows, marks)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # the disk may refuse this too: FlushFailed all the same
-                for q in queue:
-                    fsutil.remove(q.tmp)  # those not renamed yet
-                self.recover_intents()  # those renamed get their rows now, not at the next cycle
+            for q in queue:  # those not renamed yet; the disk may refuse this too: FlushFailed all the same
+                with contextlib.suppress(OSError):
+                    fsutil.remove(q.tmp)
+            with contextlib.suppress(OSError):  # those renamed get their rows now, not at the next cycle
+                self.recover_intents({q.new.path for q in queue})
             raise FlushFailed(exc) from exc
 
     def _put_in_place(self, queue: list[_Queued], rows: list[tuple[Entry, list[Entry]]],
@@ -884,10 +885,14 @@ class Applier:
 
     # -- crash recovery -------------------------------------------------------
 
-    def recover_intents(self) -> int:
-        """Finish the index side of applies a crash interrupted after their rename."""
+    def recover_intents(self, only: set[str] | None = None) -> int:
+        """Finish the index side of applies a crash interrupted after their rename. With ``only``
+        (the paths of a batch that just failed), just those, and a file that cannot be read now
+        keeps its intent for the next cycle's recovery: the disk is failing, not the rename."""
         done = 0
         for intent, siblings in self.index.intents():
+            if only is not None and intent.path not in only:
+                continue
             target = paths.join(self.root, intent.path)
             finished = False
             try:
@@ -895,7 +900,8 @@ class Applier:
                 if statmod.S_ISREG(st.st_mode) and st.st_size == intent.size:
                     finished = fsutil.hash_file(target)[0] == intent.hash
             except OSError:
-                pass
+                if only is not None:
+                    continue
             with self.index.tx():
                 if finished:
                     intent.inode, intent.mtime_ns = st.st_ino, st.st_mtime_ns

@@ -815,10 +815,13 @@ def test_when_the_files_of_a_batch_cannot_be_made_durable_its_folders_and_versio
     assert tree(bob.store) == tree(alice.store)
 
 
-def test_files_put_in_place_before_a_batch_failed_are_recorded_at_once(peers, monkeypatch):
+@pytest.mark.parametrize("readable", [True, False])
+def test_files_put_in_place_before_a_batch_failed_are_recorded_at_once(peers, monkeypatch, readable):
     """The folders of a batch cannot be made durable after its files were renamed into place: the
     batch fails (no mark), and the renamed files get their rows at once, not a cycle later (another
-    peer's bundles, read in the same cycle, would take them for edits made on this disk)."""
+    peer's bundles, read in the same cycle, would take them for edits made on this disk). One that
+    cannot be read back either (EIO) keeps its intent for the next cycle's recovery: dropped, it
+    left the new content under the old row for the next scan to take for a local edit."""
     from test_stop import index_rows
 
     alice, bob = peers
@@ -827,9 +830,39 @@ def test_files_put_in_place_before_a_batch_failed_are_recorded_at_once(peers, mo
     alice.write("x.txt", b"x new " * 100)
     alice.sync()
     _fail(monkeypatch, "sync_folders", errno.EIO)
+    if not readable:
+        _fail(monkeypatch, "hash_file", errno.EIO, lambda p: os.path.basename(str(p)) == "x.txt")
     bob.sync(check=None)
     monkeypatch.undo()
     assert bob.read("x.txt") == b"x new " * 100
-    assert index_rows(bob) == [("x.txt", hashlib.sha256(b"x new " * 100).hexdigest(), 600)]
+    if readable:
+        assert index_rows(bob) == [("x.txt", hashlib.sha256(b"x new " * 100).hexdigest(), 600)]
+    assert "0 changes to send" in bob.cli("queue", check=0).out
+    sync_all(bob, alice)
+    assert tree(bob.store) == tree(alice.store)
+
+
+
+def test_a_failed_batch_whose_clean_up_fails_still_records_the_files_it_renamed(peers, monkeypatch):
+    """w.txt is renamed into place; x.txt's old content cannot be archived and its temporary file
+    cannot be removed (EROFS): the batch fails, and w.txt still gets its row at once."""
+    from test_stop import index_rows
+
+    alice, bob = peers
+    old = b"x old " * 100
+    alice.write("w.txt", b"w old " * 100)
+    alice.write("x.txt", old)
+    sync_all(alice, bob)
+    alice.write("w.txt", b"w new " * 100)
+    alice.sync()
+    alice.write("x.txt", b"x new " * 100)
+    alice.sync()
+    blocker = _block_archive_for(bob, old)
+    _fail(monkeypatch, "remove", errno.EROFS, lambda p: str(p).endswith("-x.txt"), times=100)
+    bob.sync(check=None)
+    monkeypatch.undo()
+    assert bob.read("w.txt") == b"w new " * 100
+    assert dict((p, h) for p, h, _ in index_rows(bob))["w.txt"] == hashlib.sha256(b"w new " * 100).hexdigest()
+    blocker.unlink()
     sync_all(bob, alice)
     assert tree(bob.store) == tree(alice.store)
