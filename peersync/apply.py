@@ -257,7 +257,8 @@ class Applier:
         path = m["path"]
         if self.ignore.ignored(path, m["op"] == "mkdir" or m.get("kind") == "dir"):
             return
-        if paths.case_key(path) in self._queued_keys:
+        key = paths.case_key(path)
+        if key in self._queued_keys:
             self.flush()  # this path, or one that differs only in case, is waiting to be renamed into place
         try:
             self.apply(remote_entry(m), m, data)
@@ -279,7 +280,7 @@ class Applier:
                                         f"{path} cannot be applied ({exc.__class__.__name__}: {exc})",
                                         "it is retried every cycle; the log has the details")
             return
-        if paths.case_key(path) in self._queued_keys:
+        if key in self._queued_keys:
             return  # recorded by ``flush``, which settles its pending operation then
         if self.index.has_pending_or_error(path):  # usually not: spare a commit (and its fsync)
             with self.index.tx():
